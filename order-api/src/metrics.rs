@@ -1,0 +1,46 @@
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+
+/// order-api's metrics; labels are low-cardinality error codes only.
+#[derive(Clone)]
+pub struct Metrics {
+    pub orders_created: IntCounter,
+    pub idempotent_replays: IntCounter,
+    pub rejected: IntCounterVec,
+    pub insert_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self {
+            orders_created: IntCounter::new(
+                "order_api_orders_created_total",
+                "Orders written together with their outbox event.",
+            )?,
+            idempotent_replays: IntCounter::new(
+                "order_api_idempotent_replays_total",
+                "Requests answered with an existing order because of their Idempotency-Key.",
+            )?,
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "order_api_requests_rejected_total",
+                    "Requests answered with an error, by error code.",
+                ),
+                &["error"],
+            )?,
+            insert_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "order_api_order_insert_seconds",
+                    "Time to write one order and its outbox row.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+                ]),
+            )?,
+        };
+        registry.register(Box::new(metrics.orders_created.clone()))?;
+        registry.register(Box::new(metrics.idempotent_replays.clone()))?;
+        registry.register(Box::new(metrics.rejected.clone()))?;
+        registry.register(Box::new(metrics.insert_seconds.clone()))?;
+        Ok(metrics)
+    }
+}

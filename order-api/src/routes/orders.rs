@@ -1,0 +1,279 @@
+use std::time::Instant;
+
+use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use chrono::{SubsecRound, Utc};
+use futures::StreamExt;
+use outbox_core::event::{self, OrderPlaced};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::{
+    orders::{self, Inserted, NewOrder},
+    ApiError, AppState,
+};
+
+pub(crate) struct BodyLimit(pub usize);
+
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+const MAX_ERROR_DETAIL: usize = 200;
+
+/// The body of `POST /orders`, as the seed's OrderDto.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateOrder {
+    user_id: String,
+    product_id: String,
+    quantity: i64,
+    unit_price: i64,
+}
+
+#[tracing::instrument(skip_all, fields(order_id, idempotency_key))]
+pub(crate) async fn create_order(
+    request: HttpRequest,
+    payload: web::Payload,
+    limit: web::Data<BodyLimit>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let result = create(&request, payload, limit.0, &state).await;
+    if let Err(error) = &result {
+        state
+            .metrics
+            .rejected
+            .with_label_values(&[error.code()])
+            .inc();
+    }
+    result
+}
+
+async fn create(
+    request: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    let key = idempotency_key(request)?;
+    require_json(request)?;
+    let body = read_body(payload, limit).await?;
+    let input: CreateOrder = serde_json::from_slice(&body).map_err(|e| {
+        let detail = truncate(&e.to_string());
+        if e.is_data() {
+            ApiError::Unprocessable(format!("the order is not valid: {detail}"))
+        } else {
+            ApiError::bad_request(
+                "malformed_json",
+                format!("the body is not valid JSON: {detail}"),
+            )
+        }
+    })?;
+    let order = validate(input)?;
+    let span = tracing::Span::current();
+    span.record("order_id", tracing::field::display(order.order_id));
+    if let Some(key) = &key {
+        span.record("idempotency_key", key.as_str());
+    }
+
+    let traceparent = event::traceparent_for_request(
+        request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
+    // The request as the idempotency key remembers it: what was asked, not what was generated.
+    let canonical = serde_json::json!({
+        "userId": order.user_id,
+        "productId": order.product_id,
+        "quantity": order.quantity,
+        "unitPrice": order.unit_price,
+    });
+    let new = NewOrder {
+        order: &order,
+        event_id: Uuid::now_v7(),
+        topic: &state.topic,
+        traceparent: &traceparent,
+        idempotency: key.as_deref().map(|k| (k, &canonical)),
+    };
+    let started = Instant::now();
+    let inserted = orders::insert_with_event(&state.pool, &new).await?;
+    state
+        .metrics
+        .insert_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match inserted {
+        Inserted::Created => {
+            state.wakeup.ring();
+            state.metrics.orders_created.inc();
+            tracing::info!(
+                order_id = %order.order_id,
+                event_id = %new.event_id,
+                product_id = %order.product_id,
+                quantity = order.quantity,
+                "order placed"
+            );
+            let stored = orders::Order {
+                order_id: order.order_id,
+                user_id: order.user_id.clone(),
+                product_id: order.product_id.clone(),
+                quantity: order.quantity,
+                unit_price: order.unit_price,
+                total_price: order.total_price,
+                status: "PLACED".into(),
+                created_at: order.created_at,
+            };
+            Ok(created(&stored, false))
+        }
+        Inserted::Existing {
+            request,
+            order: existing,
+        } if request == canonical => {
+            state.metrics.idempotent_replays.inc();
+            tracing::info!(order_id = %existing.order_id, "idempotent replay");
+            Ok(created(&existing, true))
+        }
+        Inserted::Existing { .. } => Err(ApiError::IdempotencyKeyReused),
+    }
+}
+
+fn created(order: &orders::Order, replayed: bool) -> HttpResponse {
+    let mut response = HttpResponse::Created();
+    response.insert_header((header::LOCATION, format!("/orders/{}", order.order_id)));
+    if replayed {
+        response.insert_header(("idempotent-replayed", "true"));
+    }
+    response.json(order)
+}
+
+fn idempotency_key(request: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = request.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid_idempotency_key",
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+            ),
+        )
+    };
+    let key = value.to_str().map_err(|_| invalid())?.trim();
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(invalid());
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn require_json(request: &HttpRequest) -> Result<(), ApiError> {
+    let is_json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request(
+                "unreadable_body",
+                format!("the body could not be read: {e}"),
+            )
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn validate(input: CreateOrder) -> Result<OrderPlaced, ApiError> {
+    let invalid = ApiError::Unprocessable;
+    event::validate_id("userId", &input.user_id).map_err(invalid)?;
+    event::validate_id("productId", &input.product_id).map_err(invalid)?;
+    let quantity = i32::try_from(input.quantity).map_err(|_| {
+        invalid(format!(
+            "quantity must be between 1 and {}",
+            event::MAX_QUANTITY
+        ))
+    })?;
+    event::validate_quantity(quantity).map_err(invalid)?;
+    event::validate_unit_price(input.unit_price).map_err(invalid)?;
+    let total_price = i64::from(quantity)
+        .checked_mul(input.unit_price)
+        .ok_or_else(|| invalid("quantity * unitPrice is too large".into()))?;
+    let order = OrderPlaced {
+        order_id: Uuid::now_v7(),
+        user_id: input.user_id,
+        product_id: input.product_id,
+        quantity,
+        unit_price: input.unit_price,
+        total_price,
+        // PostgreSQL keeps microseconds: the response, the row and the event agree exactly.
+        created_at: Utc::now().trunc_subsecs(6),
+    };
+    order.validate().map_err(invalid)?;
+    Ok(order)
+}
+
+fn truncate(text: &str) -> String {
+    if text.len() <= MAX_ERROR_DETAIL {
+        return text.to_owned();
+    }
+    let mut end = MAX_ERROR_DETAIL;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[tracing::instrument(skip(state))]
+pub(crate) async fn get_order(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let order_id = Uuid::parse_str(&path)
+        .map_err(|_| ApiError::bad_request("invalid_order_id", "orderId must be a UUID"))?;
+    match orders::find(&state.pool, order_id).await? {
+        Some(order) => Ok(HttpResponse::Ok().json(order)),
+        None => Err(ApiError::NotFound(format!("no order {order_id}"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    limit: Option<i64>,
+}
+
+const MAX_LIST_LIMIT: i64 = 1000;
+
+#[tracing::instrument(skip(state, query))]
+pub(crate) async fn list_user_orders(
+    path: web::Path<String>,
+    query: Result<web::Query<ListQuery>, actix_web::Error>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let user_id = path.into_inner();
+    event::validate_id("userId", &user_id)
+        .map_err(|m| ApiError::bad_request("invalid_user_id", m))?;
+    let invalid_limit = || {
+        ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_LIST_LIMIT}"),
+        )
+    };
+    let limit = query.map_err(|_| invalid_limit())?.limit.unwrap_or(100);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(invalid_limit());
+    }
+    let orders = orders::list_for_user(&state.pool, &user_id, limit).await?;
+    Ok(HttpResponse::Ok().json(orders))
+}

@@ -1,0 +1,62 @@
+//! The PostgreSQL pool and the embedded, forward-only migrations of both databases.
+
+use anyhow::Context;
+use sqlx::{
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+    PgPool,
+};
+
+use crate::settings::PoolSettings;
+
+/// Migrations of the `orders` database (orders, idempotency keys, outbox), used by order-api and
+/// outbox-relay.
+pub static ORDERS_MIGRATOR: Migrator = sqlx::migrate!("../migrations/orders");
+
+/// Migrations of the `catalog` database (products, processed events), used by catalog-consumer.
+pub static CATALOG_MIGRATOR: Migrator = sqlx::migrate!("../migrations/catalog");
+
+/// Connects a pool to `url`, naming the connections after the service (visible in
+/// `pg_stat_activity`), and applies `migrator` unless the settings say not to.
+///
+/// Fails with a message naming the host and database (never the password) when the server
+/// cannot be reached.
+pub async fn connect(
+    url: &str,
+    settings: &PoolSettings,
+    application_name: &str,
+    migrator: &Migrator,
+) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = url
+        .parse()
+        .context("DATABASE_URL is not a valid postgres:// URL")?;
+    let options = options.application_name(application_name);
+    let target = describe(&options);
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.db_max_connections)
+        .acquire_timeout(settings.acquire_timeout())
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {target}"))?;
+    if !settings.skip_migrations {
+        migrator
+            .run(&pool)
+            .await
+            .with_context(|| format!("cannot apply migrations to {target}"))?;
+    }
+    Ok(pool)
+}
+
+/// `host:port/database` of a connection, for log lines and errors.
+pub fn describe(options: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("postgres")
+    )
+}
+
+/// The channel order-api notifies (after commit, coalesced, never inside the order transaction)
+/// and outbox-relay listens on, so an idle relay wakes within milliseconds of a new row.
+pub const OUTBOX_WAKEUP_CHANNEL: &str = "outbox_wakeup";

@@ -1,0 +1,10 @@
+//! What the three services share, and nothing else: settings types, telemetry, the database
+//! pool and embedded migrations, the order event envelope with its Kafka headers, the
+//! health/readiness/metrics HTTP surface, and shutdown.
+
+pub mod db;
+pub mod event;
+pub mod ops;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;

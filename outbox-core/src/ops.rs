@@ -1,0 +1,169 @@
+//! The operations HTTP surface every service serves: `/healthz`, `/readyz`, `/metrics`, and the
+//! JSON error body `{"error", "message"}` used for every 4xx and 5xx.
+
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use actix_web::{http::StatusCode, web, HttpResponse};
+use prometheus::{Encoder, Registry, TextEncoder};
+use rdkafka::{
+    producer::{BaseProducer, Producer},
+    ClientConfig,
+};
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// The body of every error response.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    /// A stable machine-readable code, e.g. `invalid_json`.
+    pub error: &'a str,
+    /// A sentence for the human reading it.
+    pub message: &'a str,
+}
+
+/// An error response with the JSON body `{"error": code, "message": message}`.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(ErrorBody {
+        error: code,
+        message,
+    })
+}
+
+/// The default service for unknown routes: a JSON 404.
+pub async fn not_found() -> HttpResponse {
+    error_response(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// The default service of a known resource for a method it does not serve: a JSON 405.
+pub async fn method_not_allowed() -> HttpResponse {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
+type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// One readiness check: a named dependency and how to probe it.
+#[derive(Clone)]
+pub struct Check {
+    name: &'static str,
+    probe: Arc<dyn Fn() -> CheckFuture + Send + Sync>,
+}
+
+impl Check {
+    /// A check that the pool can run `select 1`.
+    pub fn postgres(pool: PgPool) -> Self {
+        Self {
+            name: "database",
+            probe: Arc::new(move || {
+                let pool = pool.clone();
+                Box::pin(async move {
+                    let ping = sqlx::query("select 1").execute(&pool);
+                    match tokio::time::timeout(Duration::from_secs(2), ping).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(error)) => Err(error.to_string()),
+                        Err(_) => Err("no answer within 2 s".into()),
+                    }
+                })
+            }),
+        }
+    }
+
+    /// A check that the broker answers a metadata request. The client is built once, so the
+    /// check reuses its connections.
+    pub fn kafka(config: &ClientConfig) -> anyhow::Result<Self> {
+        let client: Arc<BaseProducer> = Arc::new(config.create()?);
+        Ok(Self {
+            name: "kafka",
+            probe: Arc::new(move || {
+                let client = client.clone();
+                Box::pin(async move {
+                    tokio::task::spawn_blocking(move || {
+                        client
+                            .client()
+                            .fetch_metadata(None, Duration::from_secs(2))
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                })
+            }),
+        })
+    }
+}
+
+/// What `/readyz` checks and what `/metrics` renders.
+#[derive(Clone)]
+pub struct Ops {
+    registry: Registry,
+    checks: Vec<Check>,
+}
+
+impl Ops {
+    /// An ops surface rendering `registry` and checking `checks` for readiness.
+    pub fn new(registry: Registry, checks: Vec<Check>) -> Self {
+        Self { registry, checks }
+    }
+
+    /// Runs every check; `Err` lists the failing ones.
+    pub async fn ready(&self) -> Result<(), Vec<(&'static str, String)>> {
+        let mut failures = Vec::new();
+        for check in &self.checks {
+            if let Err(reason) = (check.probe)().await {
+                failures.push((check.name, reason));
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures)
+        }
+    }
+
+    /// Adds `/healthz`, `/readyz` and `/metrics` to an app.
+    pub fn configure(&self, cfg: &mut web::ServiceConfig) {
+        cfg.app_data(web::Data::new(self.clone()))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics));
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(ops: web::Data<Ops>) -> HttpResponse {
+    match ops.ready().await {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
+        Err(failures) => {
+            let detail = failures
+                .iter()
+                .map(|(name, reason)| format!("{name}: {reason}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            tracing::warn!(%detail, "not ready");
+            // Names only: the causes (which may carry server messages) stay in the log.
+            let names = failures.iter().map(|(name, _)| *name).collect::<Vec<_>>();
+            let message = format!("not reachable: {}", names.join(", "));
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", &message)
+        }
+    }
+}
+
+async fn metrics(ops: web::Data<Ops>) -> HttpResponse {
+    let mut buffer = Vec::new();
+    match TextEncoder::new().encode(&ops.registry.gather(), &mut buffer) {
+        Ok(()) => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4")
+            .body(buffer),
+        Err(error) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics_unavailable",
+            &error.to_string(),
+        ),
+    }
+}
