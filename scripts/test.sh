@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every check, on a fresh machine: infrastructure, formatting, lints, all tests against the
+# real PostgreSQL and the real broker. `.ci/run` calls exactly this.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+export PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}
+export TEST_DATABASE_URL=${TEST_DATABASE_URL:-$PG_ADMIN_URL}
+export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
+export RUST_LOG=${RUST_LOG:-warn}
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "infrastructure"
+scripts/infra.sh up
+
+step "dropping databases left by earlier test runs"
+psql "$PG_ADMIN_URL" -Atc "select datname from pg_database where datname like 'outbox\_test\_%'" |
+  while read -r db; do psql "$PG_ADMIN_URL" -qc "drop database if exists \"$db\" with (force)"; done
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# The testcontainers path is for machines with a Docker engine; here it is compiled, not run.
+cargo clippy -p testkit --features containers --locked -- -D warnings
+
+step "cargo test"
+cargo build --workspace --bins --locked
+cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-8}"
