@@ -1,0 +1,218 @@
+//! The consumer loop: batches from the consumer group, the batch step retried until it is done,
+//! then the batch's offsets stored.
+//!
+//! At-least-once with manual offsets: `enable.auto.offset.store=false`, and an offset is stored
+//! only after the batch's database transaction committed and its dead letters were
+//! acknowledged. Auto-commit then commits only what was stored; stored offsets are also committed
+//! synchronously when partitions are revoked and at shutdown. A database outage is retried with
+//! backoff, forever: the consumer waits, never skips. Whatever was fetched but not yet applied
+//! when the process stops (or its partition moves) is redelivered, and re-applying it is a
+//! no-op (see `stock`).
+
+use std::{sync::Arc, time::Duration};
+
+use backoff::{backoff::Backoff, ExponentialBackoffBuilder};
+use rdkafka::{
+    client::ClientContext,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    error::KafkaError,
+    types::RDKafkaErrorCode,
+    Offset, TopicPartitionList,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    batch::{Applier, Batch, Report},
+    metrics::Metrics,
+    Settings,
+};
+
+/// The consumer's context: commits what was stored before partitions are taken away, so the
+/// next owner starts after everything this one applied.
+pub struct GroupContext;
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            tracing::info!(partitions = partitions.count(), "partitions revoked");
+            commit_stored(consumer);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            tracing::info!(partitions = partitions.count(), "partitions assigned");
+        }
+    }
+}
+
+/// The group member this process runs.
+pub type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// Synchronously commits the stored offsets. Nothing stored is not an error.
+fn commit_stored<C: Consumer<GroupContext>>(consumer: &C) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::debug!("stored offsets committed"),
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => tracing::warn!(%error, "cannot commit stored offsets"),
+    }
+}
+
+/// Joins the group and subscribes to the order events topic.
+pub fn subscribe(settings: &Settings) -> anyhow::Result<GroupConsumer> {
+    let consumer: GroupConsumer = settings
+        .kafka
+        .client_config()
+        .set("group.id", &settings.consumer_group)
+        .set("enable.auto.offset.store", "false")
+        .set("enable.auto.commit", "true")
+        .set(
+            "auto.commit.interval.ms",
+            settings.commit_interval_ms.to_string(),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set(
+            "session.timeout.ms",
+            settings.kafka_session_timeout_ms.to_string(),
+        )
+        .create_with_context(GroupContext)?;
+    consumer.subscribe(&[&settings.order_events_topic])?;
+    Ok(consumer)
+}
+
+/// The loop around [`Applier::apply_batch`]: wake-up, backoff and shutdown only.
+pub struct ConsumeLoop {
+    pub(crate) consumer: Arc<GroupConsumer>,
+    pub(crate) applier: Applier,
+    pub(crate) metrics: Metrics,
+    pub(crate) batch_size: usize,
+    pub(crate) batch_wait: Duration,
+    pub(crate) retry_max_backoff: Duration,
+    pub(crate) hold_offsets_after_commit: bool,
+}
+
+impl ConsumeLoop {
+    /// Consumes until `shutdown` is cancelled; then finishes the batch in hand (unless the
+    /// database is down: then it stays unapplied and unstored, for redelivery), commits the
+    /// stored offsets and leaves the group.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        while let Some(messages) = self.next_batch(&shutdown).await {
+            let mut batch = Batch::new(messages);
+            let Some(report) = self.apply_until_done(&mut batch, &shutdown).await else {
+                tracing::warn!(
+                    messages = batch.len(),
+                    "stopping with a batch not applied; it will be redelivered"
+                );
+                break;
+            };
+            tracing::debug!(
+                messages = batch.len(),
+                dead_lettered = report.dead_lettered,
+                "batch applied"
+            );
+            if self.hold_offsets_after_commit {
+                tracing::warn!("test hook: holding offsets after the database commit");
+                shutdown.cancelled().await;
+                break;
+            }
+            self.store_offsets(&batch);
+        }
+        let consumer = self.consumer;
+        // Committing and closing block on the broker: off the async threads.
+        tokio::task::spawn_blocking(move || {
+            commit_stored(consumer.as_ref());
+            // Dropping the last handle closes the consumer, which leaves the group.
+            drop(consumer);
+        })
+        .await?;
+        tracing::info!("consumer left the group");
+        Ok(())
+    }
+
+    /// Waits for a first message (or shutdown), then takes more until the batch is full or
+    /// `batch_wait` has passed.
+    async fn next_batch(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<rdkafka::message::OwnedMessage>> {
+        let mut messages = Vec::new();
+        while messages.is_empty() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                received = self.consumer.recv() => match received {
+                    Ok(message) => messages.push(message.detach()),
+                    Err(error) => {
+                        tracing::warn!(%error, "consumer error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.batch_wait;
+        while messages.len() < self.batch_size {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                received = self.consumer.recv() => match received {
+                    Ok(message) => messages.push(message.detach()),
+                    Err(error) => tracing::warn!(%error, "consumer error"),
+                },
+            }
+        }
+        Some(messages)
+    }
+
+    /// Retries the batch with backoff until it is done; `None` when shutdown came first.
+    async fn apply_until_done(
+        &self,
+        batch: &mut Batch,
+        shutdown: &CancellationToken,
+    ) -> Option<Report> {
+        // Never gives up: a message is never skipped because a dependency is down.
+        let mut backoff = ExponentialBackoffBuilder::new()
+            .with_initial_interval(Duration::from_millis(100))
+            .with_max_interval(self.retry_max_backoff)
+            .with_max_elapsed_time(None)
+            .build();
+        loop {
+            match self.applier.apply_batch(batch).await {
+                Ok(report) => return Some(report),
+                Err(error) => {
+                    self.metrics
+                        .retries
+                        .with_label_values(&[error.cause()])
+                        .inc();
+                    let wait = backoff.next_backoff().unwrap_or(self.retry_max_backoff);
+                    tracing::warn!(
+                        error = format!("{:#}", anyhow::Error::from(error)),
+                        retry_in_ms = wait.as_millis() as u64,
+                        messages = batch.len(),
+                        "batch not applied; retrying"
+                    );
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn store_offsets(&self, batch: &Batch) {
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), next) in batch.next_offsets() {
+            if let Err(error) =
+                offsets.add_partition_offset(&topic, partition, Offset::Offset(next))
+            {
+                tracing::error!(%error, topic, partition, "cannot record offset");
+            }
+        }
+        // Fails for partitions revoked meanwhile: their new owner gets those messages again and
+        // finds them processed.
+        if let Err(error) = self.consumer.store_offsets(&offsets) {
+            tracing::warn!(%error, "cannot store offsets; the batch will be redelivered");
+        }
+    }
+}

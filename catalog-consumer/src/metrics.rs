@@ -1,0 +1,87 @@
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+
+use crate::{decode, stock::Outcome};
+
+/// The `result` label of a dead-lettered message.
+pub const DLQ: &str = "dlq";
+
+/// catalog-consumer's metrics; labels are fixed sets of codes only, never ids.
+#[derive(Clone)]
+pub struct Metrics {
+    /// By `result`: applied, duplicate, insufficient_stock, unknown_product, dlq.
+    pub messages: IntCounterVec,
+    /// By `reason`: the dead-letter reason codes.
+    pub dead_lettered: IntCounterVec,
+    /// By `cause`: database, dead_letter_topic. Each failed attempt of a batch.
+    pub retries: IntCounterVec,
+    pub batch_size: Histogram,
+    pub apply_seconds: Histogram,
+    pub commit_to_applied_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self {
+            messages: IntCounterVec::new(
+                Opts::new(
+                    "catalog_consumer_messages_total",
+                    "Messages consumed, by result: applied, duplicate, insufficient_stock, unknown_product, dlq.",
+                ),
+                &["result"],
+            )?,
+            dead_lettered: IntCounterVec::new(
+                Opts::new(
+                    "catalog_consumer_dead_lettered_total",
+                    "Messages produced to the dead-letter topic, by reason.",
+                ),
+                &["reason"],
+            )?,
+            retries: IntCounterVec::new(
+                Opts::new(
+                    "catalog_consumer_batch_retries_total",
+                    "Failed attempts at a batch that will be retried, by cause (database, dead_letter_topic).",
+                ),
+                &["cause"],
+            )?,
+            batch_size: Histogram::with_opts(
+                HistogramOpts::new(
+                    "catalog_consumer_batch_size",
+                    "Messages per batch.",
+                )
+                .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0]),
+            )?,
+            apply_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "catalog_consumer_apply_seconds",
+                    "Time of the one database transaction that applies a batch.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                ]),
+            )?,
+            commit_to_applied_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "catalog_consumer_commit_to_applied_seconds",
+                    "From the order's commit (ce_time) to its stock change being committed.",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ]),
+            )?,
+        };
+        for outcome in Outcome::ALL {
+            metrics.messages.with_label_values(&[outcome.as_str()]);
+        }
+        metrics.messages.with_label_values(&[DLQ]);
+        for reason in decode::REASONS {
+            metrics.dead_lettered.with_label_values(&[reason]);
+        }
+        registry.register(Box::new(metrics.messages.clone()))?;
+        registry.register(Box::new(metrics.dead_lettered.clone()))?;
+        registry.register(Box::new(metrics.retries.clone()))?;
+        registry.register(Box::new(metrics.batch_size.clone()))?;
+        registry.register(Box::new(metrics.apply_seconds.clone()))?;
+        registry.register(Box::new(metrics.commit_to_applied_seconds.clone()))?;
+        Ok(metrics)
+    }
+}

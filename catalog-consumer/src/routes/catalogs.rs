@@ -1,0 +1,95 @@
+//! The catalog as the consumer has applied it: products with their current stock.
+
+use actix_web::{http::StatusCode, web, HttpResponse, ResponseError};
+use outbox_core::{event::validate_id, ops::error_response};
+use serde::Serialize;
+use sqlx::PgPool;
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct Product {
+    pub product_id: String,
+    pub product_name: String,
+    pub stock: i32,
+    pub unit_price: i64,
+}
+
+/// How a catalog request fails. Database text never reaches the client: it is logged.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("no product with id {0:?}")]
+    NotFound(String),
+    #[error("the database is unavailable; retry later")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("internal error")]
+    Internal(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for CatalogError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => Self::Unavailable(error),
+            other => Self::Internal(other),
+        }
+    }
+}
+
+impl ResponseError for CatalogError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let code = match self {
+            Self::NotFound(_) => "not_found",
+            Self::Unavailable(source) => {
+                tracing::error!(error = %source, "database unavailable");
+                "service_unavailable"
+            }
+            Self::Internal(source) => {
+                tracing::error!(error = %source, "catalog query failed");
+                "internal_error"
+            }
+        };
+        error_response(self.status_code(), code, &self.to_string())
+    }
+}
+
+#[tracing::instrument(skip_all)]
+pub(crate) async fn list_products(pool: web::Data<PgPool>) -> Result<HttpResponse, CatalogError> {
+    let products: Vec<Product> = sqlx::query_as(
+        "select product_id, product_name, stock, unit_price from products order by product_id",
+    )
+    .fetch_all(pool.get_ref())
+    .await?;
+    Ok(HttpResponse::Ok().json(products))
+}
+
+#[tracing::instrument(skip_all, fields(product_id = %product_id))]
+pub(crate) async fn get_product(
+    pool: web::Data<PgPool>,
+    product_id: web::Path<String>,
+) -> Result<HttpResponse, CatalogError> {
+    let product_id = product_id.into_inner();
+    // An id no product can have (empty, too long, control characters) is simply not found.
+    if validate_id("productId", &product_id).is_err() {
+        return Err(CatalogError::NotFound(product_id));
+    }
+    let product: Option<Product> = sqlx::query_as(
+        "select product_id, product_name, stock, unit_price from products where product_id = $1",
+    )
+    .bind(&product_id)
+    .fetch_optional(pool.get_ref())
+    .await?;
+    match product {
+        Some(product) => Ok(HttpResponse::Ok().json(product)),
+        None => Err(CatalogError::NotFound(product_id)),
+    }
+}

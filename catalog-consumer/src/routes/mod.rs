@@ -1,0 +1,19 @@
+mod catalogs;
+
+pub use catalogs::Product;
+
+use actix_web::web;
+use outbox_core::ops;
+
+pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/catalogs")
+            .route(web::get().to(catalogs::list_products))
+            .default_service(web::to(ops::method_not_allowed)),
+    )
+    .service(
+        web::resource("/catalogs/{product_id}")
+            .route(web::get().to(catalogs::get_product))
+            .default_service(web::to(ops::method_not_allowed)),
+    );
+}

@@ -1,0 +1,13 @@
+//! Integration tests of catalog-consumer against the real PostgreSQL and the real broker. Each
+//! test has its own database, topics and consumer group, so they run in parallel.
+
+mod helpers;
+
+mod catalog_http;
+mod database_outage;
+mod dead_letters;
+mod duplicates;
+mod end_to_end;
+mod oversell;
+mod process;
+mod rebalance;
