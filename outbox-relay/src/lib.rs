@@ -1,1 +1,153 @@
+//! outbox-relay: publishes the rows order-api writes into the `outbox` table to Kafka, at least
+//! once and in per-key order, and deletes each row once the broker acknowledged it. Several
+//! relays may run against one database (one sidecar per order-api replica).
+//!
+//! The guarantees are kept by the modules that hold them: [`claim`] (lanes, state-based reads,
+//! per-key order), [`publish`] (pipelined, acknowledged delivery; what counts as a failure about
+//! one message), [`retry`] (attempts, backoff, dead and parked rows), [`wakeup`] (prompt pick-up
+//! without a notify in the order transaction) and [`admin`] (status and requeue).
 
+pub mod admin;
+pub mod claim;
+pub mod metrics;
+pub mod publish;
+mod relay;
+pub mod retry;
+pub mod wakeup;
+
+use std::time::Duration;
+
+use outbox_core::settings::{KafkaSettings, PoolSettings};
+
+pub use relay::{BatchOutcome, Relay, RelayError};
+
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/orders";
+
+/// The command line: `run` (the default when no subcommand is given), `status`, `requeue`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "outbox-relay",
+    version,
+    about = "Publishes outbox rows of the orders database to Kafka, in per-key order, at least once.",
+    long_about = None,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: Settings,
+}
+
+impl Cli {
+    /// The subcommand to run; `run` with the top-level settings when none was given.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Run(self.run))
+    }
+}
+
+/// What the binary does.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Run the relay (the default).
+    Run(Settings),
+    /// Print one JSON object: {"pending", "dead", "parked", "oldest_pending_age_seconds"}.
+    Status(AdminSettings),
+    /// Put dead rows (and the rows parked behind them) back to pending, in order.
+    Requeue(RequeueArgs),
+}
+
+/// How the relay runs: flags, each with an environment variable behind it.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "outbox-relay", args_override_self = true)]
+pub struct Settings {
+    /// Address to serve /healthz, /readyz and /metrics on (port 0 picks a free port).
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8082")]
+    pub http_addr: String,
+    /// PostgreSQL URL of the orders database.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    #[command(flatten)]
+    pub pool: PoolSettings,
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
+    /// Most rows claimed and published in one step (one transaction).
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: u32,
+    /// Most lanes (of 64) one step locks; lower values spread the work of several relays.
+    #[arg(long, env = "MAX_LANES_PER_BATCH", default_value_t = 16)]
+    pub max_lanes_per_batch: u32,
+    /// Longest wait between two polls while idle; a notification on the wake-up channel
+    /// cuts it short, and the wait starts at 1 ms after each batch that found work.
+    #[arg(long, env = "IDLE_POLL_MAX_MS", default_value_t = 500)]
+    pub idle_poll_max_ms: u64,
+    /// Attempts (failures about the message itself) after which a row is dead.
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 10)]
+    pub max_attempts: u32,
+    /// Delay before a failed message's first retry; doubles per attempt, with ±50 % jitter.
+    #[arg(long, env = "RETRY_INITIAL_MS", default_value_t = 1_000)]
+    pub retry_initial_ms: u64,
+    /// Cap of the delay between two attempts of one message (before jitter).
+    #[arg(long, env = "RETRY_MAX_MS", default_value_t = 300_000)]
+    pub retry_max_ms: u64,
+    /// Cap of the pause between checks while the broker or the database is unreachable (the
+    /// relay never gives up).
+    #[arg(long, env = "OUTAGE_BACKOFF_MAX_MS", default_value_t = 5_000)]
+    pub outage_backoff_max_ms: u64,
+    /// Longest wait for a batch's delivery reports while its claim transaction is open.
+    #[arg(long, env = "DELIVERY_TIMEOUT_SECS", default_value_t = 15)]
+    pub delivery_timeout_secs: u64,
+    /// librdkafka `message.timeout.ms`: how long the producer keeps retrying one message.
+    #[arg(long, env = "MESSAGE_TIMEOUT_MS", default_value_t = 120_000)]
+    pub message_timeout_ms: u64,
+    /// librdkafka `message.max.bytes`: larger messages are refused (keep it at or below the
+    /// broker's limit).
+    #[arg(long, env = "MESSAGE_MAX_BYTES", default_value_t = 1_000_000)]
+    pub message_max_bytes: u32,
+    /// librdkafka `linger.ms`: how long the producer waits to fill a request. A batch is
+    /// enqueued whole before its acks are awaited, so a longer linger only delays single rows.
+    #[arg(long, env = "LINGER_MS", default_value_t = 1)]
+    pub linger_ms: u64,
+    /// Seconds between refreshes of the pending/dead/parked gauges.
+    #[arg(long, env = "STATS_INTERVAL_SECS", default_value_t = 5)]
+    pub stats_interval_secs: u64,
+    /// Test-only fault injection: after a batch's delivery reports arrive, hang before
+    /// deleting the rows, so a test can SIGKILL the process between ack and delete.
+    #[arg(long, hide = true)]
+    pub test_hang_after_ack: bool,
+}
+
+impl Settings {
+    pub(crate) fn idle_poll_max(&self) -> Duration {
+        Duration::from_millis(self.idle_poll_max_ms.max(1))
+    }
+
+    pub(crate) fn delivery_timeout(&self) -> Duration {
+        Duration::from_secs(self.delivery_timeout_secs)
+    }
+}
+
+/// What `status` and `requeue` need: the database.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminSettings {
+    /// PostgreSQL URL of the orders database.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+}
+
+/// Which rows `requeue` puts back.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RequeueArgs {
+    #[command(flatten)]
+    pub admin: AdminSettings,
+    /// Every dead row and every parked row.
+    #[arg(
+        long,
+        conflicts_with = "event_id",
+        required_unless_present = "event_id"
+    )]
+    pub dead: bool,
+    /// The dead row with this event id, and the rows of its key parked behind it.
+    #[arg(long)]
+    pub event_id: Option<uuid::Uuid>,
+}

@@ -1,1 +1,18 @@
-fn main() {}
+use clap::Parser;
+use outbox_relay::{Cli, Command, Relay};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().into_command() {
+        Command::Run(settings) => {
+            outbox_core::telemetry::init();
+            let shutdown = outbox_core::shutdown::on_signal();
+            Relay::build(settings)
+                .await?
+                .run_until_stopped(shutdown)
+                .await
+        }
+        Command::Status(admin) => outbox_relay::admin::print_status(&admin).await,
+        Command::Requeue(args) => outbox_relay::admin::print_requeue(&args).await,
+    }
+}

@@ -1,0 +1,131 @@
+//! Claiming rows to publish.
+//!
+//! Guarantees kept here:
+//! - Rows are read by their state (`pending` and due), never by "id greater than the last one
+//!   seen", so a transaction that commits late with a lower id is still published.
+//! - Per-key order with several relays: every row of a key is in one lane (`hashtext(key) & 63`,
+//!   a generated column), and a relay claims a lane's rows only while its transaction holds the
+//!   lane's `pg_try_advisory_xact_lock`; within the lanes it holds it takes rows in id order.
+//! - Per-key order under retries: a row is never claimed while an earlier row of its key is dead,
+//!   parked, or waiting for a retry that is not due yet.
+
+use chrono::{DateTime, Utc};
+use outbox_core::event::CloudEvent;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// Number of lanes; must match the `& 63` of the `outbox.lane` generated column.
+pub const LANES: i32 = 64;
+
+/// First key of the two-key advisory locks on lanes ("obrx"), so they cannot collide with other
+/// users of advisory locks in the database.
+pub const LANE_LOCK_NAMESPACE: i32 = 0x6f62_7278;
+
+/// One claimed outbox row, with everything its Kafka message needs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedRow {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub topic: String,
+    pub partition_key: String,
+    pub event_type: String,
+    pub source: String,
+    pub subject: String,
+    /// The jsonb payload as text: the message value.
+    pub payload: String,
+    pub traceparent: Option<String>,
+    /// Failures about this message counted so far; above 0 the row is being retried.
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+impl ClaimedRow {
+    /// The CloudEvents attributes of the row's message.
+    pub fn cloud_event(&self) -> CloudEvent {
+        CloudEvent {
+            id: self.event_id,
+            event_type: self.event_type.clone(),
+            source: self.source.clone(),
+            time: self.created_at,
+            subject: self.subject.clone(),
+            traceparent: self.traceparent.clone(),
+        }
+    }
+}
+
+/// Locks up to `max_lanes` lanes that have due pending rows, for the rest of the transaction.
+/// Lanes another relay holds are skipped (never waited for); candidates are tried in random
+/// order so several relays spread over the lanes.
+///
+/// The candidates are materialized before the lock function runs: left to itself the planner
+/// pushes the lock condition down to the lane series and locks all 64 lanes before the limit,
+/// and one relay then starves the others. Each candidate check is a one-row index probe.
+///
+/// This must be its own statement, before [`claim_rows`]: a statement's snapshot is taken when it
+/// starts, so rows read in the statement that took the lock could predate the commit of the
+/// relay that held the lane just before, and be published twice.
+pub async fn lock_lanes(conn: &mut PgConnection, max_lanes: i64) -> Result<Vec<i32>, sqlx::Error> {
+    sqlx::query_scalar(
+        "with candidates as materialized (
+             select l.lane
+               from generate_series(0, $2 - 1) as l(lane)
+              where (select true from outbox o
+                      where o.lane = l.lane
+                        and o.state = 'pending'
+                        and o.next_attempt_at <= now()
+                      limit 1)
+              order by random()
+         )
+         select lane from candidates
+          where pg_try_advisory_xact_lock($1, lane)
+          limit $3",
+    )
+    .bind(LANE_LOCK_NAMESPACE)
+    .bind(LANES)
+    .bind(max_lanes)
+    .fetch_all(conn)
+    .await
+}
+
+/// The due pending rows of `lanes` in id order, up to `limit`, leaving out every row that has an
+/// earlier row of its key that is dead, parked, or retrying and not due yet.
+pub async fn claim_rows(
+    conn: &mut PgConnection,
+    lanes: &[i32],
+    limit: i64,
+) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+    // The first condition on `b` repeats the predicate of `outbox_blocking_key_id_idx`, so the
+    // check is a probe of that small index.
+    sqlx::query_as(
+        "select o.id, o.event_id, o.topic, o.partition_key, o.event_type, o.source, o.subject,
+                o.payload::text as payload, o.traceparent, o.attempts, o.created_at
+           from outbox o
+          where o.lane = any($1::int[])
+            and o.state = 'pending'
+            and o.next_attempt_at <= now()
+            and not exists (
+                select 1 from outbox b
+                 where b.partition_key = o.partition_key
+                   and b.id < o.id
+                   and (b.state <> 'pending' or b.attempts > 0)
+                   and (b.state <> 'pending' or b.next_attempt_at > now()))
+          order by o.id
+          limit $2",
+    )
+    .bind(lanes)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Deletes rows whose publication the broker acknowledged.
+pub async fn delete_published(conn: &mut PgConnection, ids: &[i64]) -> Result<u64, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let deleted = sqlx::query("delete from outbox where id = any($1)")
+        .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(deleted.rows_affected())
+}

@@ -1,0 +1,105 @@
+//! The relay's Prometheus metrics. Labels are low-cardinality only (a failure kind and an rdkafka
+//! error code name), never an id.
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+use crate::admin::Status;
+
+/// Everything `/metrics` shows about the relay.
+#[derive(Clone)]
+pub struct Metrics {
+    pub pending_rows: IntGauge,
+    pub dead_rows: IntGauge,
+    pub parked_rows: IntGauge,
+    pub oldest_pending_age: Gauge,
+    pub published: IntCounter,
+    pub publish_failures: IntCounterVec,
+    pub retries: IntCounter,
+    pub dead_lettered: IntCounter,
+    pub batch_size: Histogram,
+    pub commit_to_ack: Histogram,
+    pub paused: IntGauge,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self {
+            pending_rows: IntGauge::new(
+                "outbox_relay_pending_rows",
+                "Outbox rows waiting to be published (refreshed periodically).",
+            )?,
+            dead_rows: IntGauge::new(
+                "outbox_relay_dead_rows",
+                "Outbox rows that failed their maximum attempts (refreshed periodically).",
+            )?,
+            parked_rows: IntGauge::new(
+                "outbox_relay_parked_rows",
+                "Outbox rows held behind a dead row of their key (refreshed periodically).",
+            )?,
+            oldest_pending_age: Gauge::new(
+                "outbox_relay_oldest_pending_age_seconds",
+                "Age of the oldest pending outbox row (refreshed periodically).",
+            )?,
+            published: IntCounter::new(
+                "outbox_relay_published_total",
+                "Rows acknowledged by the broker and deleted.",
+            )?,
+            publish_failures: IntCounterVec::new(
+                Opts::new(
+                    "outbox_relay_publish_failures_total",
+                    "Failed sends and deliveries, by kind (permanent/transient) and rdkafka error code.",
+                ),
+                &["kind", "reason"],
+            )?,
+            retries: IntCounter::new(
+                "outbox_relay_retries_total",
+                "Attempts counted against messages the broker refused.",
+            )?,
+            dead_lettered: IntCounter::new(
+                "outbox_relay_dead_total",
+                "Rows that reached the maximum attempts and became dead.",
+            )?,
+            batch_size: Histogram::with_opts(
+                HistogramOpts::new("outbox_relay_batch_size", "Rows claimed per step.").buckets(
+                    vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0],
+                ),
+            )?,
+            commit_to_ack: Histogram::with_opts(
+                HistogramOpts::new(
+                    "outbox_relay_commit_to_ack_seconds",
+                    "Time from a row's created_at (the order's commit) to the broker's ack.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0, 300.0,
+                ]),
+            )?,
+            paused: IntGauge::new(
+                "outbox_relay_paused",
+                "1 while the relay waits for the broker or the database to come back.",
+            )?,
+        };
+        registry.register(Box::new(metrics.pending_rows.clone()))?;
+        registry.register(Box::new(metrics.dead_rows.clone()))?;
+        registry.register(Box::new(metrics.parked_rows.clone()))?;
+        registry.register(Box::new(metrics.oldest_pending_age.clone()))?;
+        registry.register(Box::new(metrics.published.clone()))?;
+        registry.register(Box::new(metrics.publish_failures.clone()))?;
+        registry.register(Box::new(metrics.retries.clone()))?;
+        registry.register(Box::new(metrics.dead_lettered.clone()))?;
+        registry.register(Box::new(metrics.batch_size.clone()))?;
+        registry.register(Box::new(metrics.commit_to_ack.clone()))?;
+        registry.register(Box::new(metrics.paused.clone()))?;
+        Ok(metrics)
+    }
+
+    pub fn set_status(&self, status: &Status) {
+        self.pending_rows.set(status.pending);
+        self.dead_rows.set(status.dead);
+        self.parked_rows.set(status.parked);
+        self.oldest_pending_age
+            .set(status.oldest_pending_age_seconds);
+    }
+}

@@ -1,0 +1,333 @@
+//! Publishing a claimed batch.
+//!
+//! Guarantees kept here:
+//! - The producer is idempotent with `acks=all`; a batch is enqueued whole and then its delivery
+//!   reports are awaited (pipelined), never one send-and-wait per row.
+//! - A row counts as published only when its delivery report says the broker persisted it, and
+//!   every earlier row of its key in the batch was persisted too: a row that failed is published
+//!   again before its successors are deleted.
+//! - A row being retried goes out last of its key in a batch, and nothing of a key is enqueued
+//!   after a row of that key failed to enqueue, so a later event is not published ahead of an
+//!   earlier one that is known to be failing. (A first refusal reported only in the delivery
+//!   report, e.g. a broker whose size limit is below the producer's, cannot stop the later rows
+//!   of its key already in flight in the same batch: they are kept and published again after it.)
+//! - Whether a failure is about one message (permanent: counts an attempt) or about the broker
+//!   (transient: counts nothing, the relay pauses) is decided from the rdkafka error code in one
+//!   place, [`classify`].
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use rdkafka::{
+    error::KafkaError,
+    producer::{FutureProducer, FutureRecord},
+    types::RDKafkaErrorCode,
+    ClientConfig,
+};
+
+use crate::{claim::ClaimedRow, Settings};
+
+/// The producer configuration: idempotent, `acks=all`, a message timeout long enough to ride out
+/// a broker blip, a short linger so single rows go out within milliseconds.
+pub fn producer_config(settings: &Settings) -> ClientConfig {
+    let mut config = settings.kafka.client_config();
+    config
+        .set("client.id", "outbox-relay")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "message.timeout.ms",
+            settings.message_timeout_ms.to_string(),
+        )
+        .set("linger.ms", settings.linger_ms.to_string())
+        .set("message.max.bytes", settings.message_max_bytes.to_string())
+        .set(
+            "batch.size",
+            settings.message_max_bytes.min(1_000_000).to_string(),
+        );
+    config
+}
+
+/// Whether a failure is about the message or about the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// About this message (too large, invalid, its topic refused or unknown): counts an attempt;
+    /// after the maximum the row is dead.
+    Permanent,
+    /// About the broker or the connection (timeouts, transport, brokers down, queue full, a
+    /// fatal producer state): counts nothing; the relay pauses until the broker answers.
+    Transient,
+}
+
+/// The one place that decides whether an rdkafka error is about one message or about the broker.
+///
+/// Unknown topic or partition is permanent: it is about the row's topic (order-api wrote it), and
+/// treating it as an outage would stall every other topic; creating the topic and running
+/// `outbox-relay requeue` recovers the rows. Anything not listed is transient, so an error this
+/// list does not know pauses the relay rather than killing rows.
+pub fn classify(code: RDKafkaErrorCode) -> FailureKind {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::MessageSizeTooLarge
+        | C::InvalidMessageSize
+        | C::InvalidMessage
+        | C::InvalidRecord
+        | C::MessageBatchTooLarge
+        | C::BadMessage
+        | C::InvalidTimestamp
+        | C::UnsupportedForMessageFormat
+        | C::PolicyViolation
+        | C::TopicAuthorizationFailed
+        | C::InvalidTopic
+        | C::UnknownTopicOrPartition
+        | C::UnknownTopic
+        | C::UnknownPartition
+        | C::KeySerialization
+        | C::ValueSerialization => FailureKind::Permanent,
+        _ => FailureKind::Transient,
+    }
+}
+
+/// One failed send or delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    /// Low-cardinality name of the cause (the rdkafka error code), for the metrics label.
+    pub reason: String,
+    /// The full error, for `last_error` and logs.
+    pub message: String,
+}
+
+impl Failure {
+    fn from_kafka(error: &KafkaError) -> Self {
+        match error.rdkafka_error_code() {
+            Some(code) => Self {
+                kind: classify(code),
+                reason: format!("{code:?}"),
+                message: error.to_string(),
+            },
+            None => Self {
+                kind: FailureKind::Transient,
+                reason: "Other".into(),
+                message: error.to_string(),
+            },
+        }
+    }
+
+    fn transient(reason: &str, message: &str) -> Self {
+        Self {
+            kind: FailureKind::Transient,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What happened to one row of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Not enqueued: held behind an earlier row of its key, or the producer queue was full.
+    NotAttempted,
+    /// The broker persisted it, as reported at this time.
+    Acked(DateTime<Utc>),
+    /// Refused at enqueue or reported failed.
+    Failed(Failure),
+    /// No delivery report within the delivery timeout; the producer may still deliver it.
+    Unconfirmed,
+}
+
+/// Enqueues the batch (rows in id order) and awaits the delivery reports until `deadline`.
+/// Returns one [`Delivery`] per row, in the rows' order.
+pub async fn publish(
+    producer: &FutureProducer,
+    rows: &[ClaimedRow],
+    deadline: tokio::time::Instant,
+) -> Vec<Delivery> {
+    let mut deliveries = vec![Delivery::NotAttempted; rows.len()];
+    let mut in_flight = Vec::with_capacity(rows.len());
+    let mut held_keys: HashSet<&str> = HashSet::new();
+    for (index, row) in rows.iter().enumerate() {
+        let key = row.partition_key.as_str();
+        if held_keys.contains(key) {
+            continue;
+        }
+        let record = FutureRecord::to(&row.topic)
+            .key(key)
+            .payload(&row.payload)
+            .headers(row.cloud_event().to_kafka_headers());
+        match producer.send_result(record) {
+            Ok(future) => {
+                in_flight.push((index, future));
+                if row.attempts > 0 {
+                    held_keys.insert(key);
+                }
+            }
+            Err((error, _)) => {
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
+                    // The rest were not attempted; they are claimed again once the queue drains.
+                    break;
+                }
+                deliveries[index] = Delivery::Failed(Failure::from_kafka(&error));
+                held_keys.insert(key);
+            }
+        }
+    }
+    for (index, future) in in_flight {
+        deliveries[index] = match tokio::time::timeout_at(deadline, future).await {
+            Ok(Ok(Ok(_))) => Delivery::Acked(Utc::now()),
+            Ok(Ok(Err((error, _)))) => Delivery::Failed(Failure::from_kafka(&error)),
+            Ok(Err(_canceled)) => Delivery::Failed(Failure::transient(
+                "Canceled",
+                "the producer was dropped before the delivery report",
+            )),
+            Err(_elapsed) => Delivery::Unconfirmed,
+        };
+    }
+    deliveries
+}
+
+/// What a batch's deliveries mean for its rows.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Settlement {
+    /// Rows to delete: acknowledged, and every earlier row of their key in the batch too.
+    pub published: Vec<i64>,
+    /// Commit→ack latency of each published row, in seconds.
+    pub latencies: Vec<f64>,
+    /// Rows whose failure was about the message: (id, attempts before this one, error).
+    pub failed: Vec<(i64, i32, String)>,
+    /// Every failure, for the metrics.
+    pub failures: Vec<Failure>,
+    /// The first failure that was about the broker, or a missing delivery report.
+    pub transient: Option<String>,
+    /// Rows acknowledged but kept because an earlier row of their key was not.
+    pub kept_behind: usize,
+}
+
+/// Applies the per-key ordering rule to a batch's deliveries.
+pub fn settle(rows: &[ClaimedRow], deliveries: &[Delivery]) -> Settlement {
+    let mut settlement = Settlement::default();
+    let mut broken_keys: HashSet<&str> = HashSet::new();
+    for (row, delivery) in rows.iter().zip(deliveries) {
+        let key = row.partition_key.as_str();
+        let earlier_all_acked = !broken_keys.contains(key);
+        match delivery {
+            Delivery::Acked(at) if earlier_all_acked => {
+                settlement.published.push(row.id);
+                let latency = (*at - row.created_at).num_microseconds().unwrap_or(0);
+                settlement.latencies.push(latency.max(0) as f64 / 1e6);
+            }
+            Delivery::Acked(_) => settlement.kept_behind += 1,
+            Delivery::Failed(failure) => {
+                if failure.kind == FailureKind::Permanent {
+                    settlement
+                        .failed
+                        .push((row.id, row.attempts, failure.message.clone()));
+                } else if settlement.transient.is_none() {
+                    settlement.transient = Some(failure.message.clone());
+                }
+                settlement.failures.push(failure.clone());
+                broken_keys.insert(key);
+            }
+            Delivery::Unconfirmed => {
+                let failure = Failure::transient(
+                    "DeliveryTimeout",
+                    "no delivery report within the delivery timeout",
+                );
+                if settlement.transient.is_none() {
+                    settlement.transient = Some(failure.message.clone());
+                }
+                settlement.failures.push(failure);
+                broken_keys.insert(key);
+            }
+            Delivery::NotAttempted => {
+                broken_keys.insert(key);
+            }
+        }
+    }
+    settlement
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn row(id: i64, key: &str) -> ClaimedRow {
+        ClaimedRow {
+            id,
+            event_id: Uuid::now_v7(),
+            topic: "t".into(),
+            partition_key: key.into(),
+            event_type: "order.placed.v1".into(),
+            source: "/order-api".into(),
+            subject: "s".into(),
+            payload: "{}".into(),
+            traceparent: None,
+            attempts: 0,
+            created_at: Utc::now(),
+        }
+    }
+
+    fn failed(kind: FailureKind) -> Delivery {
+        Delivery::Failed(Failure {
+            kind,
+            reason: "X".into(),
+            message: "x".into(),
+        })
+    }
+
+    #[test]
+    fn size_and_validity_errors_are_about_the_message_and_outages_are_not() {
+        use RDKafkaErrorCode::*;
+        for code in [
+            MessageSizeTooLarge,
+            InvalidMessage,
+            InvalidRecord,
+            TopicAuthorizationFailed,
+        ] {
+            assert_eq!(classify(code), FailureKind::Permanent, "{code:?}");
+        }
+        for code in [
+            MessageTimedOut,
+            AllBrokersDown,
+            BrokerTransportFailure,
+            RequestTimedOut,
+            NotEnoughReplicas,
+            QueueFull,
+            Fatal,
+            PurgeQueue,
+        ] {
+            assert_eq!(classify(code), FailureKind::Transient, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn an_acked_row_behind_a_failed_row_of_its_key_is_kept() {
+        let rows = [row(1, "a"), row(2, "b"), row(3, "a"), row(4, "b")];
+        let deliveries = [
+            failed(FailureKind::Permanent),
+            Delivery::Acked(Utc::now()),
+            Delivery::Acked(Utc::now()),
+            Delivery::Acked(Utc::now()),
+        ];
+        let settlement = settle(&rows, &deliveries);
+        assert_eq!(settlement.published, vec![2, 4]);
+        assert_eq!(settlement.failed.len(), 1);
+        assert_eq!(settlement.kept_behind, 1);
+        assert_eq!(settlement.transient, None);
+    }
+
+    #[test]
+    fn an_unconfirmed_row_is_transient_and_holds_its_key() {
+        let rows = [row(1, "a"), row(2, "a"), row(3, "b")];
+        let deliveries = [
+            Delivery::Unconfirmed,
+            Delivery::Acked(Utc::now()),
+            failed(FailureKind::Transient),
+        ];
+        let settlement = settle(&rows, &deliveries);
+        assert!(settlement.published.is_empty());
+        assert!(settlement.failed.is_empty());
+        assert!(settlement.transient.is_some());
+    }
+}

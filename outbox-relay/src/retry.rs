@@ -1,0 +1,157 @@
+//! Attempt bookkeeping for messages the broker refused.
+//!
+//! Guarantees kept here:
+//! - Only a failure about the message itself counts an attempt; it sets `last_error` and
+//!   `next_attempt_at` (exponential backoff with jitter), and until then the later rows of its
+//!   key wait behind it (the claim leaves them out).
+//! - At the maximum attempts the row is `dead` and the later pending rows of its key are
+//!   `parked` in the same statement; every other key keeps flowing.
+
+use std::time::Duration;
+
+use backoff::{backoff::Backoff, ExponentialBackoff, ExponentialBackoffBuilder};
+use sqlx::PgConnection;
+
+use crate::Settings;
+
+/// When a refused message is tried again, and how often.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            max_attempts: settings.max_attempts.max(1),
+            initial: Duration::from_millis(settings.retry_initial_ms),
+            max: Duration::from_millis(settings.retry_max_ms.max(settings.retry_initial_ms)),
+        }
+    }
+
+    /// The delay before the try that follows failed attempt `attempt` (1 for the first failure):
+    /// `initial * 2^(attempt-1)`, capped at `max`, with ±50 % jitter.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let mut backoff = self.backoff();
+        let mut delay = self.initial;
+        for _ in 0..attempt.max(1) {
+            delay = backoff.next_backoff().unwrap_or(self.max);
+        }
+        delay
+    }
+
+    fn backoff(&self) -> ExponentialBackoff {
+        ExponentialBackoffBuilder::new()
+            .with_initial_interval(self.initial)
+            .with_multiplier(2.0)
+            .with_randomization_factor(0.5)
+            .with_max_interval(self.max)
+            .with_max_elapsed_time(None)
+            .build()
+    }
+}
+
+/// What [`record_failures`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// Attempts counted (rows that will be retried or are now dead).
+    pub attempts: u64,
+    /// Rows that reached the maximum and are now dead.
+    pub dead: u64,
+    /// Later rows of the dead rows' keys now parked.
+    pub parked: u64,
+}
+
+/// Counts one attempt for each failed row (`(id, attempts before, error)`), schedules its retry,
+/// marks it dead at the maximum and parks the later pending rows of a dead row's key.
+pub async fn record_failures(
+    conn: &mut PgConnection,
+    policy: &RetryPolicy,
+    failed: &[(i64, i32, String)],
+) -> Result<Recorded, sqlx::Error> {
+    if failed.is_empty() {
+        return Ok(Recorded::default());
+    }
+    let ids: Vec<i64> = failed.iter().map(|(id, _, _)| *id).collect();
+    let errors: Vec<&str> = failed.iter().map(|(_, _, e)| e.as_str()).collect();
+    let delays_ms: Vec<i64> = failed
+        .iter()
+        .map(|(_, before, _)| {
+            let attempt = u32::try_from(*before).unwrap_or(0).saturating_add(1);
+            i64::try_from(policy.delay(attempt).as_millis()).unwrap_or(i64::MAX)
+        })
+        .collect();
+    let max_attempts = i32::try_from(policy.max_attempts).unwrap_or(i32::MAX);
+    let dead: Vec<(i64, String)> = sqlx::query_as(
+        "with failed as (
+             select * from unnest($1::bigint[], $2::text[], $3::bigint[]) as f(id, error, delay_ms)
+         ), counted as (
+             update outbox o
+                set attempts = o.attempts + 1,
+                    last_error = f.error,
+                    next_attempt_at = now() + f.delay_ms * interval '1 millisecond',
+                    state = case when o.attempts + 1 >= $4 then 'dead' else 'pending' end
+               from failed f
+              where o.id = f.id
+             returning o.id, o.partition_key, o.state
+         )
+         select id, partition_key from counted where state = 'dead'",
+    )
+    .bind(&ids)
+    .bind(&errors)
+    .bind(&delays_ms)
+    .bind(max_attempts)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut recorded = Recorded {
+        attempts: ids.len() as u64,
+        dead: dead.len() as u64,
+        parked: 0,
+    };
+    if !dead.is_empty() {
+        let (dead_ids, dead_keys): (Vec<i64>, Vec<String>) = dead.into_iter().unzip();
+        let parked = sqlx::query(
+            "update outbox o
+                set state = 'parked'
+               from unnest($1::bigint[], $2::text[]) as d(id, partition_key)
+              where o.partition_key = d.partition_key
+                and o.id > d.id
+                and o.state = 'pending'",
+        )
+        .bind(&dead_ids)
+        .bind(&dead_keys)
+        .execute(&mut *conn)
+        .await?;
+        recorded.parked = parked.rows_affected();
+    }
+    Ok(recorded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_per_attempt_within_the_jitter_and_stop_at_the_cap() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            initial: Duration::from_millis(1_000),
+            max: Duration::from_millis(8_000),
+        };
+        for (attempt, base) in [
+            (1, 1_000.0),
+            (2, 2_000.0),
+            (3, 4_000.0),
+            (4, 8_000.0),
+            (9, 8_000.0),
+        ] {
+            let delay = policy.delay(attempt).as_secs_f64() * 1_000.0;
+            assert!(
+                delay >= base * 0.5 - 1.0 && delay <= base * 1.5 + 1.0,
+                "attempt {attempt}: {delay} ms is not within 50 % of {base} ms"
+            );
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests of outbox-relay against the real PostgreSQL and broker (and librdkafka's
+//! mock cluster for a broker outage).
+
+mod helpers;
+mod outage;
+mod process;
+mod publishing;
+mod retries;

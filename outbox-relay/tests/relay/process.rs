@@ -1,0 +1,237 @@
+use std::{
+    collections::{HashMap, HashSet},
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use uuid::Uuid;
+
+use crate::helpers::{first_seen_order, round_robin, TestEnv};
+
+const BIN: &str = env!("CARGO_BIN_EXE_outbox-relay");
+
+fn help_text(args: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("run outbox-relay");
+    assert!(output.status.success(), "{args:?} failed");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn help_lists_every_setting_with_its_environment_variable_and_default() {
+    let help = help_text(&["--help"]);
+    let settings: &[(&str, &str, Option<&str>)] = &[
+        ("--http-addr", "HTTP_ADDR", Some("127.0.0.1:8082")),
+        (
+            "--database-url",
+            "DATABASE_URL",
+            Some("postgres://postgres:postgres@127.0.0.1:5432/orders"),
+        ),
+        ("--db-max-connections", "DB_MAX_CONNECTIONS", Some("10")),
+        (
+            "--db-acquire-timeout-secs",
+            "DB_ACQUIRE_TIMEOUT_SECS",
+            Some("5"),
+        ),
+        ("--skip-migrations", "SKIP_MIGRATIONS", None),
+        ("--kafka-brokers", "KAFKA_BROKERS", Some("127.0.0.1:9092")),
+        ("--batch-size", "BATCH_SIZE", Some("500")),
+        ("--max-lanes-per-batch", "MAX_LANES_PER_BATCH", Some("16")),
+        ("--idle-poll-max-ms", "IDLE_POLL_MAX_MS", Some("500")),
+        ("--max-attempts", "MAX_ATTEMPTS", Some("10")),
+        ("--retry-initial-ms", "RETRY_INITIAL_MS", Some("1000")),
+        ("--retry-max-ms", "RETRY_MAX_MS", Some("300000")),
+        (
+            "--outage-backoff-max-ms",
+            "OUTAGE_BACKOFF_MAX_MS",
+            Some("5000"),
+        ),
+        (
+            "--delivery-timeout-secs",
+            "DELIVERY_TIMEOUT_SECS",
+            Some("15"),
+        ),
+        ("--message-timeout-ms", "MESSAGE_TIMEOUT_MS", Some("120000")),
+        ("--message-max-bytes", "MESSAGE_MAX_BYTES", Some("1000000")),
+        ("--linger-ms", "LINGER_MS", Some("1")),
+        ("--stats-interval-secs", "STATS_INTERVAL_SECS", Some("5")),
+    ];
+    // One entry per option: its line and the description lines below it, joined.
+    let mut entries: Vec<String> = Vec::new();
+    for line in help.lines() {
+        let line = line.trim();
+        if line.starts_with('-') {
+            entries.push(line.to_owned());
+        } else if let Some(entry) = entries.last_mut() {
+            entry.push(' ');
+            entry.push_str(line);
+        }
+    }
+    for (flag, env, default) in settings {
+        let entry = entries
+            .iter()
+            .find(|e| e.starts_with(&format!("{flag} ")) || e.as_str() == *flag)
+            .unwrap_or_else(|| panic!("--help does not list {flag}:\n{help}"));
+        assert!(
+            entry.contains(&format!("[env: {env}=")),
+            "{flag} lacks its variable {env}: {entry}"
+        );
+        if let Some(default) = default {
+            assert!(
+                entry.contains(&format!("[default: {default}]")),
+                "{flag} lacks its default {default}: {entry}"
+            );
+        }
+    }
+    for subcommand in ["run", "status", "requeue"] {
+        assert!(help.contains(subcommand), "--help lists {subcommand}");
+    }
+    assert!(
+        !help.contains("test-hang-after-ack"),
+        "test hooks stay hidden"
+    );
+
+    let requeue = help_text(&["requeue", "--help"]);
+    for expected in ["--dead", "--event-id", "[env: DATABASE_URL="] {
+        assert!(
+            requeue.contains(expected),
+            "requeue --help lacks {expected}"
+        );
+    }
+    assert!(help_text(&["status", "--help"]).contains("[env: DATABASE_URL="));
+}
+
+/// The relay process; killed if the test fails before it ends it.
+struct RelayProcess(Child);
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_binary(env: &TestEnv, extra: &[&str]) -> RelayProcess {
+    let child = Command::new(BIN)
+        .arg("run")
+        .args(["--http-addr", "127.0.0.1:0", "--skip-migrations"])
+        .args(extra)
+        .env("DATABASE_URL", &env.database_url)
+        .env("KAFKA_BROKERS", &env.brokers)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn outbox-relay");
+    RelayProcess(child)
+}
+
+/// Waits for a stdout line containing `needle`; the rest of stdout is drained in the background.
+async fn wait_for_line(child: &mut Child, needle: &'static str, deadline: Duration) {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (found, seen) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut found = Some(found);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains(needle) {
+                if let Some(found) = found.take() {
+                    let _ = found.send(());
+                }
+            }
+        }
+    });
+    tokio::time::timeout(deadline, seen)
+        .await
+        .unwrap_or_else(|_| panic!("no log line with {needle:?} within {deadline:?}"))
+        .expect("the relay wrote the line before exiting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_between_ack_and_delete_publishes_the_rows_again_with_the_same_ids() {
+    let env = TestEnv::new(3).await;
+    let inserted: HashSet<Uuid> = env.insert(&round_robin(30, 3)).await.into_iter().collect();
+    let mut process = spawn_binary(&env, &["--test-hang-after-ack"]);
+    wait_for_line(
+        &mut process.0,
+        "hanging before the delete",
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let acked = env.wait_for_messages(30, Duration::from_secs(20)).await;
+    assert_eq!(acked.len(), 30, "the whole batch was acknowledged");
+    assert_eq!(env.rows().await.len(), 30, "and none of it deleted");
+    process.0.kill().expect("SIGKILL");
+    process.0.wait().expect("reaped");
+
+    let relay = env.spawn_relay(&[]).await;
+    env.wait_until_drained(Duration::from_secs(20)).await;
+    let messages = env.wait_for_messages(60, Duration::from_secs(20)).await;
+    assert_eq!(messages.len(), 60, "every row published again");
+    let mut copies: HashMap<Uuid, usize> = HashMap::new();
+    for message in &messages {
+        *copies.entry(message.ce_id).or_default() += 1;
+    }
+    assert_eq!(copies.keys().copied().collect::<HashSet<_>>(), inserted);
+    assert!(
+        copies.values().all(|&n| n == 2),
+        "each ce_id twice: {copies:?}"
+    );
+    for (key, seqs) in first_seen_order(&messages) {
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{key}: {seqs:?}");
+    }
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_claiming_finishes_the_batch_in_hand_and_exits_zero() {
+    let env = TestEnv::new(3).await;
+    env.insert(&round_robin(10_000, 50)).await;
+    let mut process = spawn_binary(&env, &["--batch-size", "50"]);
+    let pool = env.pool.clone();
+    crate::helpers::eventually(Duration::from_secs(30), || {
+        let pool = pool.clone();
+        async move {
+            let left: i64 = sqlx::query_scalar("select count(*) from outbox")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (left < 10_000).then_some(())
+        }
+    })
+    .await
+    .expect("the relay started publishing");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &process.0.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Some(status) = process.0.try_wait().expect("wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the relay exits within 30 s of SIGTERM");
+    assert_eq!(status.code(), Some(0), "exit 0 after SIGTERM");
+
+    let left: HashSet<Uuid> = env.rows().await.into_iter().map(|r| r.event_id).collect();
+    assert!(
+        !left.is_empty(),
+        "it stopped claiming instead of draining everything"
+    );
+    let messages = env.read_topic().await;
+    assert!(
+        messages.iter().all(|m| !left.contains(&m.ce_id)),
+        "every acknowledged row of the last batch was deleted before exiting"
+    );
+    assert_eq!(messages.len() + left.len(), 10_000, "and nothing was lost");
+}

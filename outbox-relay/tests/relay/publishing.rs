@@ -1,0 +1,306 @@
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use outbox_relay::claim::{self, LANE_LOCK_NAMESPACE};
+use uuid::Uuid;
+
+use crate::helpers::{first_seen_order, round_robin, RunningRelay, TestEnv};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_is_published_with_its_cloud_event_headers_and_then_deleted() {
+    let env = TestEnv::new(3).await;
+    let ids = env.insert(&[("CATALOG-0001".into(), 1)]).await;
+    let relay = env.spawn_relay(&[]).await;
+
+    let messages = env.wait_for_messages(1, Duration::from_secs(20)).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].ce_id, ids[0]);
+    assert_eq!(messages[0].key, "CATALOG-0001");
+    assert_eq!(
+        messages[0].traceparent.as_deref(),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    env.wait_until_drained(Duration::from_secs(10)).await;
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_relays_drain_ten_thousand_rows_over_a_hundred_keys_once_each_in_key_order() {
+    let env = TestEnv::new(6).await;
+    let flags = ["--batch-size", "200", "--max-lanes-per-batch", "8"];
+    let relays = [
+        env.spawn_relay(&flags).await,
+        env.spawn_relay(&flags).await,
+        env.spawn_relay(&flags).await,
+    ];
+    let rows = round_robin(10_000, 100);
+    let started = Instant::now();
+    let inserted: HashSet<Uuid> = env.insert(&rows).await.into_iter().collect();
+
+    env.wait_until_drained(Duration::from_secs(120)).await;
+    eprintln!(
+        "three relays drained 10,000 rows in {:?}",
+        started.elapsed()
+    );
+    let messages = env.wait_for_messages(10_000, Duration::from_secs(30)).await;
+
+    assert_eq!(messages.len(), 10_000, "no event may be published twice");
+    let published: HashSet<Uuid> = messages.iter().map(|m| m.ce_id).collect();
+    assert_eq!(published.len(), 10_000, "an event id was published twice");
+    assert_eq!(published, inserted, "every event arrives");
+    let by_key = first_seen_order(&messages);
+    assert_eq!(by_key.len(), 100);
+    for (key, seqs) in &by_key {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "key {key} arrived out of order: {seqs:?}"
+        );
+    }
+    let mut shares = Vec::new();
+    for relay in &relays {
+        shares.push(relay.metric("outbox_relay_published_total").await);
+    }
+    assert_eq!(shares.iter().sum::<f64>(), 10_000.0, "{shares:?}");
+    assert!(
+        shares.iter().all(|&n| n > 0.0),
+        "every relay took part: {shares:?}"
+    );
+    for relay in relays {
+        relay.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_committed_after_a_later_row_was_published_is_still_published() {
+    let env = TestEnv::new(1).await;
+    let relay = env.spawn_relay(&[]).await;
+
+    let mut late = env.pool.begin().await.unwrap();
+    let late_id = crate::helpers::insert_rows(&mut *late, &env.topic, &[("k".into(), 1)], 0).await;
+    let early_id = env.insert(&[("k".into(), 2)]).await;
+    let first = env.wait_for_messages(1, Duration::from_secs(20)).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].ce_id, early_id[0]);
+
+    let ids: Vec<i64> =
+        sqlx::query_scalar("select id from outbox where event_id = any($1) order by id")
+            .bind([late_id[0], early_id[0]])
+            .fetch_all(&mut *late)
+            .await
+            .unwrap();
+    assert_eq!(
+        ids.len(),
+        1,
+        "the published row is gone; the late one is not committed"
+    );
+    late.commit().await.unwrap();
+
+    let both = env.wait_for_messages(2, Duration::from_secs(20)).await;
+    assert_eq!(both.len(), 2);
+    assert_eq!(
+        both[1].ce_id, late_id[0],
+        "the late-committed row is published"
+    );
+    env.wait_until_drained(Duration::from_secs(10)).await;
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_skips_a_lane_whose_lock_another_transaction_holds() {
+    let env = TestEnv::new(1).await;
+    env.insert(&[("alpha".into(), 1), ("alpha".into(), 2)])
+        .await;
+    let lanes: HashMap<String, i32> =
+        sqlx::query_as::<_, (String, i32)>("select partition_key, lane::int from outbox")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let alpha_lane = lanes["alpha"];
+    let mut other = None;
+    for i in 0..1_000 {
+        let key = format!("other-{i}");
+        let lane: i32 = sqlx::query_scalar("select (hashtext($1) & 63)::int")
+            .bind(&key)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        if lane != alpha_lane {
+            other = Some(key);
+            break;
+        }
+    }
+    let other = other.expect("a key in another lane");
+    env.insert(&[(other, 3)]).await;
+    let relay = outbox_relay::Relay::build(env.settings(&[])).await.unwrap();
+
+    let mut holder = env.pool.begin().await.unwrap();
+    let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1, $2)")
+        .bind(LANE_LOCK_NAMESPACE)
+        .bind(alpha_lane)
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    assert!(locked);
+    let outcome = relay.publish_batch().await.unwrap();
+    assert_eq!(outcome.published, 1, "only the free lane is published");
+    let left: Vec<String> = env
+        .rows()
+        .await
+        .into_iter()
+        .map(|r| r.partition_key)
+        .collect();
+    assert_eq!(left, vec!["alpha", "alpha"]);
+
+    holder.rollback().await.unwrap();
+    let outcome = relay.publish_batch().await.unwrap();
+    assert_eq!(outcome.published, 2);
+    assert!(env.rows().await.is_empty());
+    let order: Vec<i64> = env.read_topic().await.iter().map(|m| m.seq).collect();
+    assert_eq!(order, vec![3, 1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_holds_only_the_lane_locks_it_uses_so_other_relays_get_the_rest() {
+    let env = TestEnv::new(1).await;
+    env.insert(&round_robin(1_000, 100)).await;
+    let busy_lanes: i64 = sqlx::query_scalar("select count(distinct lane) from outbox")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    let held_by = |pid: i32| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "select count(*) from pg_locks where locktype = 'advisory' and pid = $1",
+            )
+            .bind(pid)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+
+    let mut first = env.pool.begin().await.unwrap();
+    let first_pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&mut *first)
+        .await
+        .unwrap();
+    let first_lanes = claim::lock_lanes(&mut first, 3).await.unwrap();
+    assert_eq!(first_lanes.len(), 3);
+    assert_eq!(
+        held_by(first_pid).await,
+        3,
+        "no lock beyond the lanes returned"
+    );
+
+    let mut second = env.pool.begin().await.unwrap();
+    let second_lanes = claim::lock_lanes(&mut second, 64).await.unwrap();
+    assert_eq!(second_lanes.len() as i64, busy_lanes - 3);
+    assert!(second_lanes.iter().all(|lane| !first_lanes.contains(lane)));
+    let rows = claim::claim_rows(&mut second, &second_lanes, 10_000)
+        .await
+        .unwrap();
+    assert!(
+        rows.windows(2).all(|w| w[0].id < w[1].id),
+        "claimed in id order"
+    );
+    assert!(!rows.is_empty());
+    for row in &rows {
+        let lane = lane_of(&env, &row.partition_key).await;
+        assert!(
+            !first_lanes.contains(&lane),
+            "row {} of a lane held elsewhere",
+            row.id
+        );
+    }
+}
+
+async fn lane_of(env: &TestEnv, key: &str) -> i32 {
+    sqlx::query_scalar("select (hashtext($1) & 63)::int")
+        .bind(key)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_relay_publishes_a_new_row_within_a_second_without_a_notification() {
+    let env = TestEnv::new(1).await;
+    let relay = env.spawn_relay(&[]).await;
+    env.insert(&[("warm-up".into(), 0)]).await;
+    env.wait_until_drained(Duration::from_secs(20)).await;
+    // Long enough for the idle wait to reach its bound (500 ms by default).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let started = Instant::now();
+    env.insert(&[("single".into(), 1)]).await;
+    env.wait_until_drained(Duration::from_secs(5)).await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "picked up after {elapsed:?}"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_wakes_a_relay_deep_in_a_long_idle_wait() {
+    let env = TestEnv::new(1).await;
+    let relay = env.spawn_relay(&["--idle-poll-max-ms", "60000"]).await;
+    env.insert(&[("warm-up".into(), 0)]).await;
+    env.wait_until_drained(Duration::from_secs(20)).await;
+    // The idle wait doubles from 1 ms: after 3 s it is past 2 s, so only the notification can
+    // explain a pick-up within a second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let started = Instant::now();
+    env.insert(&[("single".into(), 1)]).await;
+    sqlx::query("select pg_notify($1, '')")
+        .bind(outbox_core::db::OUTBOX_WAKEUP_CHANNEL)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    env.wait_until_drained(Duration::from_secs(10)).await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "picked up after {elapsed:?}"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics_are_served() {
+    let env = TestEnv::new(1).await;
+    env.insert(&[("k".into(), 1)]).await;
+    let relay: RunningRelay = env.spawn_relay(&[]).await;
+    env.wait_until_drained(Duration::from_secs(20)).await;
+
+    assert_eq!(relay.get("/healthz").await.status(), 200);
+    assert_eq!(relay.get("/readyz").await.status(), 200);
+    let body = relay.get("/metrics").await.text().await.unwrap();
+    for name in [
+        "outbox_relay_pending_rows",
+        "outbox_relay_dead_rows",
+        "outbox_relay_oldest_pending_age_seconds",
+        "outbox_relay_published_total",
+        "outbox_relay_retries_total",
+        "outbox_relay_batch_size_count",
+        "outbox_relay_commit_to_ack_seconds_count",
+    ] {
+        assert!(body.contains(name), "/metrics lacks {name}");
+    }
+    assert_eq!(
+        crate::helpers::parse_metric(&body, "outbox_relay_published_total"),
+        1.0
+    );
+    assert_eq!(
+        crate::helpers::parse_metric(&body, "outbox_relay_commit_to_ack_seconds_count"),
+        1.0
+    );
+    relay.stop().await;
+}

@@ -1,0 +1,221 @@
+use std::time::Duration;
+
+use crate::helpers::{cli_status, eventually, first_seen_order, insert_rows, run_cli, TestEnv};
+
+/// Rows of a key `big` whose second row is larger than the relay's message.max.bytes, between
+/// rows of keys a, b, c.
+async fn insert_with_one_oversized(env: &TestEnv) {
+    let small = |key: &str, seq: i64| (key.to_owned(), seq);
+    env.insert(&[small("a", 0), small("b", 0), small("big", 0)])
+        .await;
+    insert_rows(&env.pool, &env.topic, &[small("big", 1)], 5_000).await;
+    env.insert(&[small("big", 2), small("c", 0), small("big", 3)])
+        .await;
+    let later: Vec<(String, i64)> = (1..=20)
+        .map(|i| (["a", "b", "c"][i as usize % 3].to_owned(), i))
+        .collect();
+    env.insert(&later).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_dies_after_its_attempts_parks_its_key_and_requeue_publishes_in_order()
+{
+    let env = TestEnv::new(3).await;
+    insert_with_one_oversized(&env).await;
+    let limited = [
+        "--message-max-bytes",
+        "2000",
+        "--max-attempts",
+        "3",
+        "--retry-initial-ms",
+        "1000",
+        "--retry-max-ms",
+        "1000",
+    ];
+    let relay = env.spawn_relay(&limited).await;
+
+    // Meanwhile: while big/1 waits for its retry, every other key is published, and the rows of
+    // its key behind it are held.
+    let pool = env.pool.clone();
+    eventually(Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move {
+            let (others, retrying): (i64, i64) = sqlx::query_as(
+                "select count(*) filter (where partition_key <> 'big'),
+                        count(*) filter (where partition_key = 'big' and state = 'pending'
+                                           and attempts between 1 and 2)
+                   from outbox",
+            )
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+            (others == 0 && retrying == 1).then_some(())
+        }
+    })
+    .await
+    .expect("other keys published while the oversized row was being retried");
+
+    let pool = env.pool.clone();
+    eventually(Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move {
+            let dead: i64 = sqlx::query_scalar("select count(*) from outbox where state = 'dead'")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (dead == 1).then_some(())
+        }
+    })
+    .await
+    .expect("the oversized row becomes dead");
+    let rows = env.rows().await;
+    let states: Vec<(&str, &str, i32)> = rows
+        .iter()
+        .map(|r| (r.partition_key.as_str(), r.state.as_str(), r.attempts))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("big", "dead", 3),
+            ("big", "parked", 0),
+            ("big", "parked", 0)
+        ],
+        "big/1 dead after 3 attempts, big/2 and big/3 parked, the rest published"
+    );
+    let last_error = rows[0].last_error.as_deref().unwrap_or_default();
+    assert!(
+        last_error.to_lowercase().contains("too large"),
+        "last_error says why: {last_error}"
+    );
+
+    // A row of the key arriving after the park is held too, while other keys flow.
+    env.insert(&[("big".into(), 4), ("d".into(), 0)]).await;
+    let pool = env.pool.clone();
+    eventually(Duration::from_secs(10), || {
+        let pool = pool.clone();
+        async move {
+            let d: i64 =
+                sqlx::query_scalar("select count(*) from outbox where partition_key = 'd'")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (d == 0).then_some(())
+        }
+    })
+    .await
+    .expect("a later row of another key is published");
+    assert_eq!(
+        env.rows().await.len(),
+        4,
+        "big/4 is held behind the dead row"
+    );
+
+    let status = cli_status(&env.database_url).await;
+    assert_eq!(status["pending"], 0, "{status}");
+    assert_eq!(status["dead"], 1, "{status}");
+    assert_eq!(status["parked"], 3, "{status}");
+    assert!(status["oldest_pending_age_seconds"].is_number(), "{status}");
+
+    // The cause is fixed (the limit raised); requeue puts the rows back in order.
+    relay.stop().await;
+    let relay = env.spawn_relay(&[]).await;
+    let (exit, stdout) = run_cli(&env.database_url, &["requeue", "--dead"]).await;
+    assert!(exit.success());
+    let requeued: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(requeued["requeued"], 3);
+    env.wait_until_drained(Duration::from_secs(20)).await;
+
+    let messages = env.read_topic().await;
+    let by_key = first_seen_order(&messages);
+    assert_eq!(
+        by_key["big"],
+        vec![0, 1, 2, 3, 4],
+        "dead then parked rows, in order"
+    );
+    assert_eq!(
+        messages.iter().filter(|m| m.key == "big").count(),
+        5,
+        "nothing of the key went out before the requeue"
+    );
+    assert_eq!(messages.len(), 3 + 1 + 20 + 5);
+    let status = cli_status(&env.database_url).await;
+    assert_eq!(status["pending"], 0);
+    assert_eq!(status["dead"], 0);
+    assert_eq!(status["parked"], 0);
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_by_event_id_releases_only_that_dead_row_and_its_parked_successors() {
+    let env = TestEnv::new(1).await;
+    let x = insert_rows(&env.pool, &env.topic, &[("x".into(), 1)], 3_000).await;
+    insert_rows(&env.pool, &env.topic, &[("y".into(), 1)], 3_000).await;
+    env.insert(&[("x".into(), 2), ("y".into(), 2)]).await;
+    let relay = env
+        .spawn_relay(&["--message-max-bytes", "2000", "--max-attempts", "1"])
+        .await;
+    let database_url = env.database_url.clone();
+    eventually(Duration::from_secs(20), || {
+        let database_url = database_url.clone();
+        async move {
+            let status = cli_status(&database_url).await;
+            (status["dead"] == 2 && status["parked"] == 2).then_some(())
+        }
+    })
+    .await
+    .expect("both oversized rows dead, their successors parked");
+
+    // The fix: the payloads shrink.
+    sqlx::query("update outbox set payload = payload - 'pad'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let (exit, stdout) = run_cli(
+        &env.database_url,
+        &["requeue", "--event-id", &x[0].to_string()],
+    )
+    .await;
+    assert!(exit.success());
+    assert_eq!(stdout.trim(), r#"{"requeued":2}"#);
+    let pool = env.pool.clone();
+    eventually(Duration::from_secs(10), || {
+        let pool = pool.clone();
+        async move {
+            let x: i64 =
+                sqlx::query_scalar("select count(*) from outbox where partition_key = 'x'")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (x == 0).then_some(())
+        }
+    })
+    .await
+    .expect("key x is published after its requeue");
+    let left: Vec<(String, String)> = env
+        .rows()
+        .await
+        .into_iter()
+        .map(|r| (r.partition_key, r.state))
+        .collect();
+    assert_eq!(
+        left,
+        vec![("y".into(), "dead".into()), ("y".into(), "parked".into())]
+    );
+    let order: Vec<(String, i64)> = env
+        .read_topic()
+        .await
+        .into_iter()
+        .map(|m| (m.key, m.seq))
+        .collect();
+    assert_eq!(order, vec![("x".into(), 1), ("x".into(), 2)]);
+
+    let (exit, _) = run_cli(
+        &env.database_url,
+        &["requeue", "--event-id", &x[0].to_string()],
+    )
+    .await;
+    assert!(!exit.success(), "an event id with no dead row is an error");
+    let (exit, _) = run_cli(&env.database_url, &["requeue"]).await;
+    assert!(!exit.success(), "requeue needs --dead or --event-id");
+    relay.stop().await;
+}
