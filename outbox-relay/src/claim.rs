@@ -72,7 +72,7 @@ pub async fn lock_lanes(conn: &mut PgConnection, max_lanes: i64) -> Result<Vec<i
               where (select true from outbox o
                       where o.lane = l.lane
                         and o.state = 'pending'
-                        and o.next_attempt_at <= now()
+                        and o.next_attempt_at <= clock_timestamp()
                       limit 1)
               order by random()
          )
@@ -94,21 +94,29 @@ pub async fn claim_rows(
     lanes: &[i32],
     limit: i64,
 ) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+    // "Due" is judged against the clock read once, after this statement's snapshot was taken,
+    // not against `now()` (this transaction's start). A row committed after that start by a
+    // transaction that began later (an order, or a requeue) has a `next_attempt_at` past our
+    // `now()`: judged by `now()` it would be left out without holding back the later rows of its
+    // key, which would then be published ahead of it. Every visible row with no attempts was
+    // committed before the snapshot, so against the clock it is always due.
+    //
     // The first condition on `b` repeats the predicate of `outbox_blocking_key_id_idx`, so the
     // check is a probe of that small index.
     sqlx::query_as(
-        "select o.id, o.event_id, o.topic, o.partition_key, o.event_type, o.source, o.subject,
+        "with clock as materialized (select clock_timestamp() as at)
+         select o.id, o.event_id, o.topic, o.partition_key, o.event_type, o.source, o.subject,
                 o.payload::text as payload, o.traceparent, o.attempts, o.created_at
-           from outbox o
+           from outbox o, clock
           where o.lane = any($1::int[])
             and o.state = 'pending'
-            and o.next_attempt_at <= now()
+            and o.next_attempt_at <= clock.at
             and not exists (
                 select 1 from outbox b
                  where b.partition_key = o.partition_key
                    and b.id < o.id
                    and (b.state <> 'pending' or b.attempts > 0)
-                   and (b.state <> 'pending' or b.next_attempt_at > now()))
+                   and (b.state <> 'pending' or b.next_attempt_at > clock.at))
           order by o.id
           limit $2",
     )

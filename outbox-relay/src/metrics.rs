@@ -21,6 +21,7 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub commit_to_ack: Histogram,
     pub paused: IntGauge,
+    pub idle_wait: Gauge,
 }
 
 impl Metrics {
@@ -80,6 +81,10 @@ impl Metrics {
                 "outbox_relay_paused",
                 "1 while the relay waits for the broker or the database to come back.",
             )?,
+            idle_wait: Gauge::new(
+                "outbox_relay_idle_wait_seconds",
+                "The wait before the next poll while idle (0 while there is work).",
+            )?,
         };
         registry.register(Box::new(metrics.pending_rows.clone()))?;
         registry.register(Box::new(metrics.dead_rows.clone()))?;
@@ -92,6 +97,7 @@ impl Metrics {
         registry.register(Box::new(metrics.batch_size.clone()))?;
         registry.register(Box::new(metrics.commit_to_ack.clone()))?;
         registry.register(Box::new(metrics.paused.clone()))?;
+        registry.register(Box::new(metrics.idle_wait.clone()))?;
         Ok(metrics)
     }
 

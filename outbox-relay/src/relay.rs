@@ -287,9 +287,11 @@ impl Inner {
                     outage.reset();
                     if outcome.claimed > 0 {
                         idle.reset();
+                        self.metrics.idle_wait.set(0.0);
                         continue;
                     }
                     let wait = idle.next_wait();
+                    self.metrics.idle_wait.set(wait.as_secs_f64());
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
                         _ = wakeup.notified() => idle.reset(),

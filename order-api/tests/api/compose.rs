@@ -21,7 +21,8 @@ fn variables(command: &clap::Command) -> BTreeSet<String> {
 
 fn compose() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../compose.yaml");
-    serde_yaml::from_str(&std::fs::read_to_string(path).expect("read compose.yaml")).expect("parse compose.yaml")
+    serde_yaml::from_str(&std::fs::read_to_string(path).expect("read compose.yaml"))
+        .expect("parse compose.yaml")
 }
 
 fn environment(service: &Value) -> BTreeMap<String, String> {
@@ -46,37 +47,79 @@ fn compose_services_ports_and_variables_match_the_binaries() {
     let names: BTreeSet<&str> = services.keys().map(|k| k.as_str().unwrap()).collect();
     assert_eq!(
         names,
-        BTreeSet::from(["postgres", "kafka", "kafka-topics", "order-api", "outbox-relay", "catalog-consumer"])
+        BTreeSet::from([
+            "postgres",
+            "kafka",
+            "kafka-topics",
+            "order-api",
+            "outbox-relay",
+            "catalog-consumer"
+        ])
     );
 
     let binaries = [
         ("order-api", order_api::Settings::command(), 8080),
-        ("outbox-relay", outbox_relay::Settings::command(), 8082),
-        ("catalog-consumer", catalog_consumer::Settings::command(), 8081),
+        ("outbox-relay", outbox_relay::Cli::command(), 8082),
+        (
+            "catalog-consumer",
+            catalog_consumer::Settings::command(),
+            8081,
+        ),
     ];
-    let topics_command = compose["services"]["kafka-topics"]["command"][0].as_str().unwrap().to_owned();
+    let topics_command = compose["services"]["kafka-topics"]["command"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for (name, command, port) in binaries {
         let service = &compose["services"][name];
         let accepted = variables(&command);
         let env = environment(service);
         for variable in env.keys().filter(|v| *v != "RUST_LOG") {
-            assert!(accepted.contains(variable), "{name}: compose sets {variable}, which the binary does not read ({accepted:?})");
+            assert!(
+                accepted.contains(variable),
+                "{name}: compose sets {variable}, which the binary does not read ({accepted:?})"
+            );
         }
-        assert_eq!(service["command"][0].as_str(), Some(name), "{name}: runs its own binary");
-        assert_eq!(env["HTTP_ADDR"], format!("0.0.0.0:{port}"), "{name}: HTTP_ADDR");
+        assert_eq!(
+            service["command"][0].as_str(),
+            Some(name),
+            "{name}: runs its own binary"
+        );
+        assert_eq!(
+            env["HTTP_ADDR"],
+            format!("0.0.0.0:{port}"),
+            "{name}: HTTP_ADDR"
+        );
         let published = service["ports"][0].as_str().unwrap();
-        assert!(published.ends_with(&format!(":{port}:{port}")), "{name}: publishes {port}, got {published}");
-        let database = if name == "catalog-consumer" { "catalog" } else { "orders" };
-        assert!(env["DATABASE_URL"].ends_with(&format!("@postgres:5432/{database}")), "{name}: DATABASE_URL");
+        assert!(
+            published.ends_with(&format!(":{port}:{port}")),
+            "{name}: publishes {port}, got {published}"
+        );
+        let database = if name == "catalog-consumer" {
+            "catalog"
+        } else {
+            "orders"
+        };
+        assert!(
+            env["DATABASE_URL"].ends_with(&format!("@postgres:5432/{database}")),
+            "{name}: DATABASE_URL"
+        );
         if name != "order-api" {
             assert_eq!(env["KAFKA_BROKERS"], "kafka:29092", "{name}: KAFKA_BROKERS");
         }
         for topic_variable in ["ORDER_EVENTS_TOPIC", "DLQ_TOPIC"] {
             if let Some(topic) = env.get(topic_variable) {
-                assert!(topics_command.contains(&format!("--topic {topic} ")), "{name}: {topic} is created by kafka-topics");
+                assert!(
+                    topics_command.contains(&format!("--topic {topic} ")),
+                    "{name}: {topic} is created by kafka-topics"
+                );
             }
         }
     }
-    let init = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/postgres-init.sql")).unwrap();
+    let init = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/postgres-init.sql"
+    ))
+    .unwrap();
     assert!(init.contains("create database orders") && init.contains("create database catalog"));
 }

@@ -2,6 +2,6 @@
 
 mod bad_requests;
 mod cli;
-
+mod compose;
 mod helpers;
 mod orders;

@@ -4,6 +4,19 @@ use crate::helpers::{order_body, spawn_app, TOPIC};
 use serde_json::Value;
 use uuid::Uuid;
 
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    event_id: Uuid,
+    topic: String,
+    partition_key: String,
+    event_type: String,
+    subject: String,
+    payload: Value,
+    traceparent: Option<String>,
+    state: String,
+    attempts: i32,
+}
+
 #[tokio::test]
 async fn order_and_outbox_row_are_written_in_one_transaction() {
     let app = spawn_app().await;
@@ -27,28 +40,30 @@ async fn order_and_outbox_row_are_written_in_one_transaction() {
             .unwrap();
     assert_eq!((user_id.as_str(), total), ("user-1", 15000));
 
-    let rows: Vec<(Uuid, String, String, String, String, Value, Option<String>, String, i32)> =
-        sqlx::query_as(
-            "select event_id, topic, partition_key, event_type, subject, payload, traceparent, state, attempts
-               from outbox",
-        )
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
+    let rows: Vec<OutboxRow> = sqlx::query_as(
+        "select event_id, topic, partition_key, event_type, subject, payload, traceparent, state, attempts
+           from outbox",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
     assert_eq!(rows.len(), 1, "exactly one outbox row per order");
-    let (event_id, topic, key, event_type, subject, payload, traceparent, state, attempts) =
-        &rows[0];
-    assert_eq!(event_id.get_version_num(), 7, "event ids are UUIDv7");
-    assert_eq!(topic, TOPIC);
-    assert_eq!(key, "CATALOG-0001");
-    assert_eq!(event_type, "order.placed.v1");
-    assert_eq!(subject, &order_id.to_string());
-    assert_eq!((state.as_str(), *attempts), ("pending", 0));
-    assert!(traceparent.as_deref().is_some_and(|t| t.starts_with("00-")));
+    let row = &rows[0];
+    assert_eq!(row.event_id.get_version_num(), 7, "event ids are UUIDv7");
+    assert_eq!(row.topic, TOPIC);
+    assert_eq!(row.partition_key, "CATALOG-0001");
+    assert_eq!(row.event_type, "order.placed.v1");
+    assert_eq!(row.subject, order_id.to_string());
+    assert_eq!((row.state.as_str(), row.attempts), ("pending", 0));
+    assert!(row
+        .traceparent
+        .as_deref()
+        .is_some_and(|t| t.starts_with("00-")));
     // The event's value is the order as the API returned it, less its status.
     let mut expected = order.clone();
     expected.as_object_mut().unwrap().remove("status");
-    let payload: outbox_core::event::OrderPlaced = serde_json::from_value(payload.clone()).unwrap();
+    let payload: outbox_core::event::OrderPlaced =
+        serde_json::from_value(row.payload.clone()).unwrap();
     let returned: outbox_core::event::OrderPlaced = serde_json::from_value(expected).unwrap();
     assert_eq!(payload, returned);
 }

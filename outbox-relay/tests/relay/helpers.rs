@@ -164,6 +164,15 @@ impl RunningRelay {
             .expect("relay HTTP")
     }
 
+    /// Waits until the relay, idle, waits at least `seconds` between polls.
+    pub async fn wait_until_idle_wait_reaches(&self, seconds: f64) {
+        eventually(Duration::from_secs(30), || async {
+            (self.metric("outbox_relay_idle_wait_seconds").await >= seconds).then_some(())
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the relay's idle wait did not reach {seconds} s"));
+    }
+
     /// The sum of a metric's samples (all label values) from `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
         let body = self.get("/metrics").await.text().await.expect("metrics");

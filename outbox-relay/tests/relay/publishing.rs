@@ -233,8 +233,7 @@ async fn an_idle_relay_publishes_a_new_row_within_a_second_without_a_notificatio
     let relay = env.spawn_relay(&[]).await;
     env.insert(&[("warm-up".into(), 0)]).await;
     env.wait_until_drained(Duration::from_secs(20)).await;
-    // Long enough for the idle wait to reach its bound (500 ms by default).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    relay.wait_until_idle_wait_reaches(0.5).await;
 
     let started = Instant::now();
     env.insert(&[("single".into(), 1)]).await;
@@ -253,9 +252,9 @@ async fn a_notification_wakes_a_relay_deep_in_a_long_idle_wait() {
     let relay = env.spawn_relay(&["--idle-poll-max-ms", "60000"]).await;
     env.insert(&[("warm-up".into(), 0)]).await;
     env.wait_until_drained(Duration::from_secs(20)).await;
-    // The idle wait doubles from 1 ms: after 3 s it is past 2 s, so only the notification can
-    // explain a pick-up within a second.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Once the idle wait is past 2 s, only the notification can explain a pick-up within a
+    // second.
+    relay.wait_until_idle_wait_reaches(2.0).await;
 
     let started = Instant::now();
     env.insert(&[("single".into(), 1)]).await;

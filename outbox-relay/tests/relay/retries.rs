@@ -219,3 +219,60 @@ async fn requeue_by_event_id_releases_only_that_dead_row_and_its_parked_successo
     assert!(!exit.success(), "requeue needs --dead or --event-id");
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_requeued_after_a_claim_began_still_go_before_the_later_rows_of_their_key() {
+    let env = TestEnv::new(1).await;
+    env.insert(&[
+        ("k".into(), 0),
+        ("k".into(), 1),
+        ("k".into(), 2),
+        ("k".into(), 3),
+    ])
+    .await;
+    let ids: Vec<i64> = sqlx::query_scalar("select id from outbox order by id")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    // k/0 dead, k/1 and k/2 parked behind it, k/3 held (it arrived after the park).
+    sqlx::query(
+        "update outbox set state = case when id = $1 then 'dead' else 'parked' end
+          where id = any($2)",
+    )
+    .bind(ids[0])
+    .bind(&ids[..3])
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let lane: i32 = sqlx::query_scalar("select lane::int from outbox limit 1")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+
+    // A claim's transaction begins; a requeue commits after that; then the claim reads.
+    let mut claim = env.pool.begin().await.unwrap();
+    let claim_began: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select now()")
+        .fetch_one(&mut *claim)
+        .await
+        .unwrap();
+    outbox_relay::admin::requeue_dead(&env.pool).await.unwrap();
+    let requeued_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("select next_attempt_at from outbox where id = $1")
+            .bind(ids[0])
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(
+        requeued_at > claim_began,
+        "the requeue is later than the claim's start"
+    );
+    let claimed = outbox_relay::claim::claim_rows(&mut claim, &[lane], 100)
+        .await
+        .unwrap();
+
+    let claimed: Vec<i64> = claimed.iter().map(|r| r.id).collect();
+    assert_eq!(
+        claimed, ids,
+        "the whole key, in order: none of it skipped, none of it ahead"
+    );
+}
