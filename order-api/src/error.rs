@@ -47,12 +47,10 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => Self::Unavailable(error),
-            other => Self::Internal(other.into()),
+        if outbox_core::db::is_unavailable(&error) {
+            Self::Unavailable(error)
+        } else {
+            Self::Internal(error.into())
         }
     }
 }

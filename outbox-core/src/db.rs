@@ -60,3 +60,15 @@ pub fn describe(options: &PgConnectOptions) -> String {
 /// The channel order-api notifies (after commit, coalesced, never inside the order transaction)
 /// and outbox-relay listens on, so an idle relay wakes within milliseconds of a new row.
 pub const OUTBOX_WAKEUP_CHANNEL: &str = "outbox_wakeup";
+
+/// Whether a database error means the database cannot be reached (answer 503, retry later)
+/// rather than that this one query failed.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+    )
+}

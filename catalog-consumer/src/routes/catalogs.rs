@@ -27,12 +27,10 @@ pub enum CatalogError {
 
 impl From<sqlx::Error> for CatalogError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => Self::Unavailable(error),
-            other => Self::Internal(other),
+        if outbox_core::db::is_unavailable(&error) {
+            Self::Unavailable(error)
+        } else {
+            Self::Internal(error)
         }
     }
 }
