@@ -29,4 +29,8 @@ cargo clippy -p testkit --features containers --locked -- -D warnings
 
 step "cargo test"
 cargo build --workspace --bins --locked
-cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-8}"
+mkdir -p .local
+cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-8}" 2>&1 | tee .local/test-output.log
+# One closing line for the whole run (cargo's own last line is that of the last test binary).
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "\nsummary: %d passed, %d failed\n", passed, failed }' \
+  .local/test-output.log
