@@ -61,8 +61,12 @@ install_tansu() {
   tansu_installed || die "Tansu was not installed at $TANSU"
 }
 
+# true when the pid file names a live Tansu process (not a recycled pid)
 tansu_running() {
-  [ -f "$TANSU_PID" ] && kill -0 "$(cat "$TANSU_PID")" 2>/dev/null
+  [ -f "$TANSU_PID" ] || return 1
+  local pid
+  pid=$(cat "$TANSU_PID")
+  kill -0 "$pid" 2>/dev/null && [ "$(ps -p "$pid" -o comm= 2>/dev/null)" = tansu ]
 }
 
 create_topics() {
@@ -74,7 +78,8 @@ create_topics() {
     elif grep -qi 'exist' <<<"$out"; then
       :
     else
-      die "cannot create topic $topic: $out"
+      log "cannot create topic $topic: $out"
+      return 1
     fi
   done
 }
@@ -84,10 +89,12 @@ kafka_up() {
   broker=$(first_broker)
   if answers "$broker"; then
     if tansu_running; then
-      create_topics "$broker"
+      create_topics "$broker" || die "the topics are missing on $broker"
     else
-      log "using the broker already answering at $broker (create topics $ORDER_EVENTS_TOPIC, $DLQ_TOPIC there if it does not auto-create)"
-      if tansu_installed; then create_topics "$broker" || true; fi
+      log "using the broker already answering at $broker"
+      if ! tansu_installed || ! create_topics "$broker"; then
+        log "make sure topics $ORDER_EVENTS_TOPIC and $DLQ_TOPIC exist there"
+      fi
     fi
     return 0
   fi
@@ -107,7 +114,7 @@ kafka_up() {
   done
   answers "$broker" || die "Tansu did not start listening on $broker; see $STATE_DIR/tansu.log"
   # Memory storage forgets topics when the broker restarts: create them at every start.
-  create_topics "$broker"
+  create_topics "$broker" || die "cannot create the topics on $broker; see $STATE_DIR/tansu.log"
   log "Kafka-compatible broker (Tansu) ready at $broker"
 }
 

@@ -63,13 +63,8 @@ start outbox-relay HTTP_ADDR=127.0.0.1:8082 DATABASE_URL="$PG_BASE/orders"
 wait_ready catalog-consumer http://127.0.0.1:8081
 wait_ready outbox-relay http://127.0.0.1:8082
 
-# Demo products; an existing product keeps its stock.
-psql "$PG_BASE/catalog" -qc "
-  insert into products (product_id, product_name, stock, unit_price) values
-    ('CATALOG-0001', 'Berlin', 100, 1500),
-    ('CATALOG-0002', 'Tokyo', 100, 900),
-    ('CATALOG-0003', 'Stockholm', 100, 1200)
-  on conflict (product_id) do nothing" >/dev/null
+# Demo products (catalog-consumer has applied the catalog migrations by now).
+psql "$PG_BASE/catalog" -q -v ON_ERROR_STOP=1 -f scripts/seed-demo.sql >/dev/null
 
 cat >&2 <<MSG
 [run] ready:

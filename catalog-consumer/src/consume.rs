@@ -141,6 +141,8 @@ impl ConsumeLoop {
         let mut messages = Vec::new();
         while messages.is_empty() {
             tokio::select! {
+                // Shutdown wins over a ready message: the batch in hand is the last one.
+                biased;
                 _ = shutdown.cancelled() => return None,
                 received = self.consumer.recv() => match received {
                     Ok(message) => messages.push(message.detach()),

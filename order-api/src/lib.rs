@@ -44,7 +44,7 @@ pub struct Settings {
     #[command(flatten)]
     pub pool: PoolSettings,
     /// Kafka topic written into each outbox row (the relay publishes there).
-    #[arg(long, env = "ORDER_EVENTS_TOPIC", default_value = "order-events")]
+    #[arg(long, env = "ORDER_EVENTS_TOPIC", default_value = "order-events", value_parser = kafka_topic)]
     pub order_events_topic: String,
     /// Largest accepted request body, in bytes; larger bodies get 413.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
@@ -52,6 +52,22 @@ pub struct Settings {
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "HTTP_WORKERS")]
     pub http_workers: Option<usize>,
+}
+
+/// A valid Kafka topic name (1 to 249 of `a-z A-Z 0-9 . _ -`, not `.` or `..`): checked at
+/// start-up, because every outbox row carries it and a bad one would stall the relay later.
+fn kafka_topic(name: &str) -> Result<String, String> {
+    let valid = (1..=249).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err("a Kafka topic is 1 to 249 characters of a-z, A-Z, 0-9, '.', '_' and '-'".into())
+    }
 }
 
 /// What the handlers share.

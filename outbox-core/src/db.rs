@@ -61,14 +61,19 @@ pub fn describe(options: &PgConnectOptions) -> String {
 /// and outbox-relay listens on, so an idle relay wakes within milliseconds of a new row.
 pub const OUTBOX_WAKEUP_CHANNEL: &str = "outbox_wakeup";
 
-/// Whether a database error means the database cannot be reached (answer 503, retry later)
-/// rather than that this one query failed.
+/// Whether a database error means the database cannot be reached or is restarting (answer 503,
+/// retry later) rather than that this one query failed: pool and transport failures, and the
+/// SQLSTATEs of a lost connection (class 08), a shutdown or start-up in progress (57P01-57P03)
+/// and a full server (53300).
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
+    match error {
         sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-    )
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
 }

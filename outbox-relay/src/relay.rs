@@ -204,6 +204,13 @@ impl Inner {
         sqlx::query("set local synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
+        // If this process stalls or its host vanishes mid-batch, the server ends the session
+        // instead of keeping its lane locks (and the vacuum horizon) until TCP gives up.
+        let idle_limit = settings.delivery_timeout() + Duration::from_secs(30);
+        sqlx::query("select set_config('idle_in_transaction_session_timeout', $1, true)")
+            .bind(format!("{}ms", idle_limit.as_millis()))
+            .execute(&mut *tx)
+            .await?;
         let lanes =
             claim::lock_lanes(&mut tx, i64::from(settings.max_lanes_per_batch.max(1))).await?;
         tracing::debug!(?lanes, "lanes locked");

@@ -91,7 +91,7 @@ pub async fn record_failures(
              update outbox o
                 set attempts = o.attempts + 1,
                     last_error = f.error,
-                    next_attempt_at = now() + f.delay_ms * interval '1 millisecond',
+                    next_attempt_at = clock_timestamp() + f.delay_ms * interval '1 millisecond',
                     state = case when o.attempts + 1 >= $4 then 'dead' else 'pending' end
                from failed f
               where o.id = f.id

@@ -33,3 +33,15 @@ fn help_lists_every_setting_with_its_variable_and_default() {
         }
     }
 }
+
+#[test]
+fn an_invalid_topic_name_is_refused_at_start_up() {
+    let output = Command::new(env!("CARGO_BIN_EXE_order-api"))
+        .env("ORDER_EVENTS_TOPIC", "order events!")
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .output()
+        .expect("run order-api");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Kafka topic"), "{stderr}");
+}

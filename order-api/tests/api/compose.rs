@@ -53,7 +53,8 @@ fn compose_services_ports_and_variables_match_the_binaries() {
             "kafka-topics",
             "order-api",
             "outbox-relay",
-            "catalog-consumer"
+            "catalog-consumer",
+            "seed-demo"
         ])
     );
 
@@ -116,6 +117,15 @@ fn compose_services_ports_and_variables_match_the_binaries() {
             }
         }
     }
+    let seed = &compose["services"]["seed-demo"];
+    assert!(
+        seed["command"][0].as_str().unwrap().contains("-d catalog")
+            && seed["volumes"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("./scripts/seed-demo.sql:"),
+        "seed-demo loads scripts/seed-demo.sql into the catalog database"
+    );
     let init = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../scripts/postgres-init.sql"

@@ -251,3 +251,29 @@ async fn health_readiness_metrics_and_openapi_are_served() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_placed_order_wakes_idle_relays_after_its_commit() {
+    let app = spawn_app().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool)
+        .await
+        .unwrap();
+    listener
+        .listen(outbox_core::db::OUTBOX_WAKEUP_CHANNEL)
+        .await
+        .unwrap();
+
+    let response = app
+        .post_order(&order_body("user-1", "CATALOG-0001", 1, 100))
+        .await;
+    assert_eq!(response.status(), 201);
+
+    let notification = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv())
+        .await
+        .expect("a wake-up notification within 5 s")
+        .unwrap();
+    assert_eq!(
+        notification.channel(),
+        outbox_core::db::OUTBOX_WAKEUP_CHANNEL
+    );
+}
