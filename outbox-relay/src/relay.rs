@@ -71,6 +71,9 @@ struct Inner {
     producer: Mutex<FutureProducer>,
     retry: RetryPolicy,
     metrics: Metrics,
+    /// The readiness probes, also the gate before publishing resumes after an outage.
+    broker: Check,
+    database: Check,
 }
 
 /// A built, bound, not yet running relay.
@@ -104,13 +107,9 @@ impl Relay {
         let port = listener.local_addr()?.port();
         let registry = prometheus::Registry::new();
         let metrics = Metrics::register(&registry)?;
-        let ops = Ops::new(
-            registry,
-            vec![
-                Check::postgres(pool.clone()),
-                Check::kafka(&settings.kafka.client_config())?,
-            ],
-        );
+        let database = Check::postgres(pool.clone());
+        let broker = Check::kafka(&settings.kafka.client_config())?;
+        let ops = Ops::new(registry, vec![database.clone(), broker.clone()]);
         let server = HttpServer::new(move || {
             App::new()
                 .configure(|cfg| ops.configure(cfg))
@@ -136,6 +135,8 @@ impl Relay {
                 producer: Mutex::new(producer),
                 retry,
                 metrics,
+                broker,
+                database,
             }),
             port,
             server,
@@ -346,30 +347,17 @@ impl Inner {
                 tracing::debug!(in_flight, "waiting for in-flight messages");
                 continue;
             }
-            if let Err(error) = self.broker_answers().await {
+            if let Err(error) = self.broker.run().await {
                 tracing::debug!(%error, "broker not answering");
                 continue;
             }
-            if let Err(error) = sqlx::query("select 1").execute(&self.pool).await {
+            if let Err(error) = self.database.run().await {
                 tracing::debug!(%error, "database not answering");
                 continue;
             }
             tracing::info!("broker and database answer; publishing resumes");
             return;
         }
-    }
-
-    async fn broker_answers(&self) -> Result<(), String> {
-        let producer = self.producer();
-        tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, Duration::from_secs(2))
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())?
     }
 }
 
