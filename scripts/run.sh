@@ -26,6 +26,8 @@ scripts/infra.sh up
 if $broker_started_here && [ ! -f .local/tansu.pid ]; then broker_started_here=false; fi
 
 log "building the services ($PROFILE)"
+# The checked queries compile against the committed offline data, whatever DATABASE_URL says.
+export SQLX_OFFLINE=true
 if [ "$PROFILE" = release ]; then cargo build --release --bins; else cargo build --bins; fi
 BIN="$ROOT/target/$PROFILE"
 

@@ -19,6 +19,11 @@ step "dropping databases left by earlier test runs"
 psql "$PG_ADMIN_URL" -Atc "select datname from pg_database where datname like 'outbox\_test\_%'" |
   while read -r db; do psql "$PG_ADMIN_URL" -qc "drop database if exists \"$db\" with (force)"; done
 
+step "checked queries: offline data matches the queries and the migrations"
+scripts/sqlx-prepare.sh --check
+# From here on the query macros use only the committed offline data, as any build does.
+export SQLX_OFFLINE=true
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

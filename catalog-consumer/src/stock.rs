@@ -7,7 +7,7 @@
 //! `insufficient_stock`, an unknown product as `unknown_product`. Two consumers racing on one
 //! event serialise on its primary key, so only one decrements.
 
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::decode::OrderEvent;
@@ -62,20 +62,22 @@ pub async fn apply_events(
     }
     let event_ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
     let order_ids: Vec<Uuid> = events.iter().map(|e| e.order.order_id).collect();
-    let product_ids: Vec<&str> = events.iter().map(|e| e.order.product_id.as_str()).collect();
+    let product_ids: Vec<String> = events.iter().map(|e| e.order.product_id.clone()).collect();
     let quantities: Vec<i32> = events.iter().map(|e| e.order.quantity).collect();
     let partitions: Vec<i32> = events.iter().map(|e| e.partition).collect();
     let offsets: Vec<i64> = events.iter().map(|e| e.offset).collect();
-    let rows =
-        sqlx::query("select event_id, outcome from apply_order_events($1, $2, $3, $4, $5, $6)")
-            .bind(&event_ids)
-            .bind(&order_ids)
-            .bind(&product_ids)
-            .bind(&quantities)
-            .bind(&partitions)
-            .bind(&offsets)
-            .fetch_all(&mut *conn)
-            .await?;
+    let rows = sqlx::query!(
+        r#"select event_id as "event_id!", outcome as "outcome!"
+             from apply_order_events($1, $2, $3, $4, $5, $6)"#,
+        &event_ids,
+        &order_ids,
+        &product_ids,
+        &quantities,
+        &partitions,
+        &offsets
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     if rows.len() != events.len() {
         return Err(sqlx::Error::Protocol(format!(
             "apply_order_events returned {} outcomes for {} events",
@@ -83,11 +85,7 @@ pub async fn apply_events(
             events.len()
         )));
     }
-    rows.iter()
-        .map(|row| {
-            let event_id: Uuid = row.try_get("event_id")?;
-            let outcome: &str = row.try_get("outcome")?;
-            Ok((event_id, Outcome::parse(outcome)?))
-        })
+    rows.into_iter()
+        .map(|row| Ok((row.event_id, Outcome::parse(&row.outcome)?)))
         .collect()
 }

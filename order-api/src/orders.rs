@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// An order as stored and as returned by the API.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Order {
     pub order_id: Uuid,
@@ -51,8 +51,8 @@ pub async fn insert_with_event(pool: &PgPool, new: &NewOrder<'_>) -> Result<Inse
     };
     // With a key, the key row is inserted first; a concurrent request with the same key waits on
     // its unique index, then inserts nothing, and reads the winner's order below.
-    let inserted: i64 = sqlx::query_scalar(
-        "with gate as (
+    let inserted = sqlx::query_scalar!(
+        r#"with gate as (
              insert into idempotency_keys (idempotency_key, request, order_id)
              select $9, $10, $1 where $9::text is not null
              on conflict (idempotency_key) do nothing
@@ -67,23 +67,23 @@ pub async fn insert_with_event(pool: &PgPool, new: &NewOrder<'_>) -> Result<Inse
              select $8, $11, $3, $12, $13, order_id::text, $14, $15, $7 from new_order
              returning id
          )
-         select count(*) from new_event",
+         select count(*) as "inserted!" from new_event"#,
+        order.order_id,
+        order.user_id,
+        order.product_id,
+        order.quantity,
+        order.unit_price,
+        order.total_price,
+        order.created_at,
+        new.event_id,
+        key,
+        request,
+        new.topic,
+        ORDER_PLACED_TYPE,
+        ORDER_API_SOURCE,
+        payload,
+        new.traceparent,
     )
-    .bind(order.order_id)
-    .bind(&order.user_id)
-    .bind(&order.product_id)
-    .bind(order.quantity)
-    .bind(order.unit_price)
-    .bind(order.total_price)
-    .bind(order.created_at)
-    .bind(new.event_id)
-    .bind(key)
-    .bind(request)
-    .bind(new.topic)
-    .bind(ORDER_PLACED_TYPE)
-    .bind(ORDER_API_SOURCE)
-    .bind(payload)
-    .bind(new.traceparent)
     .fetch_one(pool)
     .await?;
     if inserted == 1 {
@@ -94,11 +94,13 @@ pub async fn insert_with_event(pool: &PgPool, new: &NewOrder<'_>) -> Result<Inse
             "the order insert wrote no row".into(),
         ));
     };
-    let (request, order_id): (serde_json::Value, Uuid) =
-        sqlx::query_as("select request, order_id from idempotency_keys where idempotency_key = $1")
-            .bind(key)
-            .fetch_one(pool)
-            .await?;
+    let existing = sqlx::query!(
+        "select request, order_id from idempotency_keys where idempotency_key = $1",
+        key
+    )
+    .fetch_one(pool)
+    .await?;
+    let (request, order_id) = (existing.request, existing.order_id);
     let order = find(pool, order_id)
         .await?
         .ok_or(sqlx::Error::RowNotFound)?;
@@ -106,11 +108,12 @@ pub async fn insert_with_event(pool: &PgPool, new: &NewOrder<'_>) -> Result<Inse
 }
 
 pub async fn find(pool: &PgPool, order_id: Uuid) -> Result<Option<Order>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        Order,
         "select order_id, user_id, product_id, quantity, unit_price, total_price, status, created_at
            from orders where order_id = $1",
+        order_id
     )
-    .bind(order_id)
     .fetch_optional(pool)
     .await
 }
@@ -120,14 +123,15 @@ pub async fn list_for_user(
     user_id: &str,
     limit: i64,
 ) -> Result<Vec<Order>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        Order,
         "select order_id, user_id, product_id, quantity, unit_price, total_price, status, created_at
            from orders where user_id = $1
           order by created_at desc, order_id desc
           limit $2",
+        user_id,
+        limit
     )
-    .bind(user_id)
-    .bind(limit)
     .fetch_all(pool)
     .await
 }

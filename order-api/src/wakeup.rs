@@ -27,8 +27,7 @@ pub(crate) fn spawn(pool: PgPool) -> (Wakeup, tokio::task::JoinHandle<()>) {
         loop {
             waiter.notified().await;
             // A lost wake-up only delays publication until the relay's next poll.
-            if let Err(error) = sqlx::query("select pg_notify($1, '')")
-                .bind(OUTBOX_WAKEUP_CHANNEL)
+            if let Err(error) = sqlx::query!("select pg_notify($1, '')", OUTBOX_WAKEUP_CHANNEL)
                 .execute(&pool)
                 .await
             {

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::{AdminSettings, RequeueArgs};
 
 /// What `outbox-relay status` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Status {
     /// Rows waiting to be published (including those waiting for a retry).
     pub pending: i64,
@@ -30,8 +30,9 @@ pub struct Status {
 
 /// Counts the outbox rows by what will happen to them.
 pub async fn status<'e>(executor: impl PgExecutor<'e>) -> Result<Status, sqlx::Error> {
-    sqlx::query_as(
-        "with rows as (
+    sqlx::query_as!(
+        Status,
+        r#"with rows as (
              select o.state, o.created_at,
                     case when o.state = 'pending' then exists (
                         select 1 from outbox b
@@ -42,13 +43,13 @@ pub async fn status<'e>(executor: impl PgExecutor<'e>) -> Result<Status, sqlx::E
                     else false end as held
                from outbox o
          )
-         select count(*) filter (where state = 'pending' and not held) as pending,
-                count(*) filter (where state = 'dead') as dead,
-                count(*) filter (where state = 'parked' or held) as parked,
+         select count(*) filter (where state = 'pending' and not held) as "pending!",
+                count(*) filter (where state = 'dead') as "dead!",
+                count(*) filter (where state = 'parked' or held) as "parked!",
                 coalesce(extract(epoch from now() - min(created_at)
                                  filter (where state = 'pending' and not held)), 0)::float8
-                    as oldest_pending_age_seconds
-           from rows",
+                    as "oldest_pending_age_seconds!"
+           from rows"#
     )
     .fetch_one(executor)
     .await
@@ -56,10 +57,10 @@ pub async fn status<'e>(executor: impl PgExecutor<'e>) -> Result<Status, sqlx::E
 
 /// Puts every dead and parked row back to pending with its attempts reset; returns how many.
 pub async fn requeue_dead<'e>(executor: impl PgExecutor<'e>) -> Result<u64, sqlx::Error> {
-    let requeued = sqlx::query(
+    let requeued = sqlx::query!(
         "update outbox
             set state = 'pending', attempts = 0, next_attempt_at = now(), last_error = null
-          where state in ('dead', 'parked')",
+          where state in ('dead', 'parked')"
     )
     .execute(executor)
     .await?;
@@ -72,7 +73,7 @@ pub async fn requeue_event<'e>(
     executor: impl PgExecutor<'e>,
     event_id: Uuid,
 ) -> Result<u64, sqlx::Error> {
-    let requeued = sqlx::query(
+    let requeued = sqlx::query!(
         "with target as (
              select id, partition_key from outbox where event_id = $1 and state = 'dead'
          )
@@ -81,8 +82,8 @@ pub async fn requeue_event<'e>(
            from target t
           where o.partition_key = t.partition_key
             and (o.id = t.id or (o.state = 'parked' and o.id > t.id))",
+        event_id
     )
-    .bind(event_id)
     .execute(executor)
     .await?;
     Ok(requeued.rows_affected())

@@ -22,7 +22,7 @@ pub const LANES: i32 = 64;
 pub const LANE_LOCK_NAMESPACE: i32 = 0x6f62_7278;
 
 /// One claimed outbox row, with everything its Kafka message needs.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct ClaimedRow {
     pub id: i64,
     pub event_id: Uuid,
@@ -65,8 +65,8 @@ impl ClaimedRow {
 /// starts, so rows read in the statement that took the lock could predate the commit of the
 /// relay that held the lane just before, and be published twice.
 pub async fn lock_lanes(conn: &mut PgConnection, max_lanes: i64) -> Result<Vec<i32>, sqlx::Error> {
-    sqlx::query_scalar(
-        "with candidates as materialized (
+    sqlx::query_scalar!(
+        r#"with candidates as materialized (
              select l.lane
                from generate_series(0, $2 - 1) as l(lane)
               where (select true from outbox o
@@ -76,13 +76,13 @@ pub async fn lock_lanes(conn: &mut PgConnection, max_lanes: i64) -> Result<Vec<i
                       limit 1)
               order by random()
          )
-         select lane from candidates
+         select lane as "lane!" from candidates
           where pg_try_advisory_xact_lock($1, lane)
-          limit $3",
+          limit $3"#,
+        LANE_LOCK_NAMESPACE,
+        LANES,
+        max_lanes
     )
-    .bind(LANE_LOCK_NAMESPACE)
-    .bind(LANES)
-    .bind(max_lanes)
     .fetch_all(conn)
     .await
 }
@@ -103,10 +103,11 @@ pub async fn claim_rows(
     //
     // The first condition on `b` repeats the predicate of `outbox_blocking_key_id_idx`, so the
     // check is a probe of that small index.
-    sqlx::query_as(
-        "with clock as materialized (select clock_timestamp() as at)
+    sqlx::query_as!(
+        ClaimedRow,
+        r#"with clock as materialized (select clock_timestamp() as at)
          select o.id, o.event_id, o.topic, o.partition_key, o.event_type, o.source, o.subject,
-                o.payload::text as payload, o.traceparent, o.attempts, o.created_at
+                o.payload::text as "payload!", o.traceparent, o.attempts, o.created_at
            from outbox o, clock
           where o.lane = any($1::int[])
             and o.state = 'pending'
@@ -118,10 +119,10 @@ pub async fn claim_rows(
                    and (b.state <> 'pending' or b.attempts > 0)
                    and (b.state <> 'pending' or b.next_attempt_at > clock.at))
           order by o.id
-          limit $2",
+          limit $2"#,
+        lanes,
+        limit
     )
-    .bind(lanes)
-    .bind(limit)
     .fetch_all(conn)
     .await
 }
@@ -131,8 +132,7 @@ pub async fn delete_published(conn: &mut PgConnection, ids: &[i64]) -> Result<u6
     if ids.is_empty() {
         return Ok(0);
     }
-    let deleted = sqlx::query("delete from outbox where id = any($1)")
-        .bind(ids)
+    let deleted = sqlx::query!("delete from outbox where id = any($1)", ids)
         .execute(conn)
         .await?;
     Ok(deleted.rows_affected())

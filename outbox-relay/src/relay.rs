@@ -202,16 +202,18 @@ impl Inner {
         let mut tx = self.pool.begin().await?;
         // A commit lost in a server crash only loses deletes of published rows, which are then
         // published again: at-least-once already allows that, and the consumer deduplicates.
-        sqlx::query("set local synchronous_commit = off")
+        sqlx::query!("set local synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
         // If this process stalls or its host vanishes mid-batch, the server ends the session
         // instead of keeping its lane locks (and the vacuum horizon) until TCP gives up.
         let idle_limit = settings.delivery_timeout() + Duration::from_secs(30);
-        sqlx::query("select set_config('idle_in_transaction_session_timeout', $1, true)")
-            .bind(format!("{}ms", idle_limit.as_millis()))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "select set_config('idle_in_transaction_session_timeout', $1, true)",
+            format!("{}ms", idle_limit.as_millis())
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         let lanes =
             claim::lock_lanes(&mut tx, i64::from(settings.max_lanes_per_batch.max(1))).await?;
         tracing::debug!(?lanes, "lanes locked");

@@ -75,7 +75,7 @@ pub async fn record_failures(
         return Ok(Recorded::default());
     }
     let ids: Vec<i64> = failed.iter().map(|(id, _, _)| *id).collect();
-    let errors: Vec<&str> = failed.iter().map(|(_, _, e)| e.as_str()).collect();
+    let errors: Vec<String> = failed.iter().map(|(_, _, e)| e.clone()).collect();
     let delays_ms: Vec<i64> = failed
         .iter()
         .map(|(_, before, _)| {
@@ -84,8 +84,8 @@ pub async fn record_failures(
         })
         .collect();
     let max_attempts = i32::try_from(policy.max_attempts).unwrap_or(i32::MAX);
-    let dead: Vec<(i64, String)> = sqlx::query_as(
-        "with failed as (
+    let dead = sqlx::query!(
+        r#"with failed as (
              select * from unnest($1::bigint[], $2::text[], $3::bigint[]) as f(id, error, delay_ms)
          ), counted as (
              update outbox o
@@ -97,12 +97,12 @@ pub async fn record_failures(
               where o.id = f.id
              returning o.id, o.partition_key, o.state
          )
-         select id, partition_key from counted where state = 'dead'",
+         select id as "id!", partition_key as "partition_key!" from counted where state = 'dead'"#,
+        &ids,
+        &errors,
+        &delays_ms,
+        max_attempts
     )
-    .bind(&ids)
-    .bind(&errors)
-    .bind(&delays_ms)
-    .bind(max_attempts)
     .fetch_all(&mut *conn)
     .await?;
     let mut recorded = Recorded {
@@ -111,17 +111,18 @@ pub async fn record_failures(
         parked: 0,
     };
     if !dead.is_empty() {
-        let (dead_ids, dead_keys): (Vec<i64>, Vec<String>) = dead.into_iter().unzip();
-        let parked = sqlx::query(
+        let (dead_ids, dead_keys): (Vec<i64>, Vec<String>) =
+            dead.into_iter().map(|d| (d.id, d.partition_key)).unzip();
+        let parked = sqlx::query!(
             "update outbox o
                 set state = 'parked'
                from unnest($1::bigint[], $2::text[]) as d(id, partition_key)
               where o.partition_key = d.partition_key
                 and o.id > d.id
                 and o.state = 'pending'",
+            &dead_ids,
+            &dead_keys
         )
-        .bind(&dead_ids)
-        .bind(&dead_keys)
         .execute(&mut *conn)
         .await?;
         recorded.parked = parked.rows_affected();

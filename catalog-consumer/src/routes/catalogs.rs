@@ -5,7 +5,7 @@ use outbox_core::{event::validate_id, ops::error_response};
 use serde::Serialize;
 use sqlx::PgPool;
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Product {
     pub product_id: String,
@@ -62,8 +62,9 @@ impl ResponseError for CatalogError {
 
 #[tracing::instrument(skip_all)]
 pub(crate) async fn list_products(pool: web::Data<PgPool>) -> Result<HttpResponse, CatalogError> {
-    let products: Vec<Product> = sqlx::query_as(
-        "select product_id, product_name, stock, unit_price from products order by product_id",
+    let products = sqlx::query_as!(
+        Product,
+        "select product_id, product_name, stock, unit_price from products order by product_id"
     )
     .fetch_all(pool.get_ref())
     .await?;
@@ -80,10 +81,11 @@ pub(crate) async fn get_product(
     if validate_id("productId", &product_id).is_err() {
         return Err(CatalogError::NotFound(product_id));
     }
-    let product: Option<Product> = sqlx::query_as(
+    let product = sqlx::query_as!(
+        Product,
         "select product_id, product_name, stock, unit_price from products where product_id = $1",
+        product_id
     )
-    .bind(&product_id)
     .fetch_optional(pool.get_ref())
     .await?;
     match product {
