@@ -32,8 +32,10 @@ if [ "$PROFILE" = release ]; then cargo build --release --bins; else cargo build
 BIN="$ROOT/target/$PROFILE"
 
 pids=()
+stopping=false
 stop_all() {
   trap - INT TERM EXIT
+  stopping=true
   log "stopping"
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -85,4 +87,4 @@ MSG
 
 # Exit as soon as any service dies (and stop the others), or on Ctrl-C.
 wait -n "${pids[@]}" || true
-log "a service exited; see $LOG_DIR/"
+$stopping || log "a service exited; see $LOG_DIR/"
