@@ -200,16 +200,17 @@ impl Inner {
         let settings = &self.settings;
         let producer = self.producer();
         let mut tx = self.pool.begin().await?;
-        // A commit lost in a server crash only loses deletes of published rows, which are then
-        // published again: at-least-once already allows that, and the consumer deduplicates.
-        sqlx::query!("set local synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
-        // If this process stalls or its host vanishes mid-batch, the server ends the session
-        // instead of keeping its lane locks (and the vacuum horizon) until TCP gives up.
+        // Both settings last for this transaction only, and cost one round trip:
+        // - synchronous_commit off: a commit lost in a server crash only loses deletes of
+        //   published rows, which are then published again; at-least-once already allows that,
+        //   and the consumer deduplicates.
+        // - idle_in_transaction_session_timeout: if this process stalls or its host vanishes
+        //   mid-batch, the server ends the session instead of keeping its lane locks (and the
+        //   vacuum horizon) until TCP gives up.
         let idle_limit = settings.delivery_timeout() + Duration::from_secs(30);
         sqlx::query!(
-            "select set_config('idle_in_transaction_session_timeout', $1, true)",
+            "select set_config('synchronous_commit', 'off', true) as synchronous_commit,
+                    set_config('idle_in_transaction_session_timeout', $1, true) as idle_timeout",
             format!("{}ms", idle_limit.as_millis())
         )
         .fetch_one(&mut *tx)

@@ -113,7 +113,19 @@ impl TestEnv {
 
     /// Waits until the outbox is empty.
     pub async fn wait_until_drained(&self, deadline: Duration) {
+        self.wait_for_rows_left(deadline, |left| left == 0)
+            .await
+            .expect("the outbox was not drained in time");
+    }
+
+    /// Waits until the number of rows left in the outbox satisfies `done`.
+    pub async fn wait_for_rows_left(
+        &self,
+        deadline: Duration,
+        done: impl Fn(i64) -> bool,
+    ) -> anyhow::Result<()> {
         let pool = self.pool.clone();
+        let done = &done;
         eventually(deadline, || {
             let pool = pool.clone();
             async move {
@@ -121,11 +133,10 @@ impl TestEnv {
                     .fetch_one(&pool)
                     .await
                     .ok()?;
-                (left == 0).then_some(())
+                done(left).then_some(())
             }
         })
         .await
-        .expect("the outbox was not drained in time");
     }
 }
 

@@ -192,19 +192,9 @@ async fn sigterm_stops_claiming_finishes_the_batch_in_hand_and_exits_zero() {
     let env = TestEnv::new(3).await;
     env.insert(&round_robin(10_000, 50)).await;
     let mut process = spawn_binary(&env, &["--batch-size", "50"]);
-    let pool = env.pool.clone();
-    crate::helpers::eventually(Duration::from_secs(30), || {
-        let pool = pool.clone();
-        async move {
-            let left: i64 = sqlx::query_scalar("select count(*) from outbox")
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-            (left < 10_000).then_some(())
-        }
-    })
-    .await
-    .expect("the relay started publishing");
+    env.wait_for_rows_left(Duration::from_secs(30), |left| left < 10_000)
+        .await
+        .expect("the relay started publishing");
 
     let killed = Command::new("kill")
         .args(["-TERM", &process.0.id().to_string()])
