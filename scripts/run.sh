@@ -19,11 +19,13 @@ mkdir -p "$LOG_DIR"
 log() { printf '[run] %s\n' "$*" >&2; }
 
 broker_started_here=false
-if [ ! -f .local/tansu.pid ] || ! kill -0 "$(cat .local/tansu.pid)" 2>/dev/null; then
+if [ ! -f .local/nisshi.pid ] || ! kill -0 "$(cat .local/nisshi.pid)" 2>/dev/null; then
   broker_started_here=true
 fi
-scripts/infra.sh up
-if $broker_started_here && [ ! -f .local/tansu.pid ]; then broker_started_here=false; fi
+# Durable broker storage (under .local/broker/): events published but not yet consumed when
+# this script stops are still there at the next start.
+BROKER_STORAGE=durable scripts/infra.sh up
+if $broker_started_here && [ ! -f .local/nisshi.pid ]; then broker_started_here=false; fi
 
 log "building the services ($PROFILE)"
 # The checked queries compile against the committed offline data, whatever DATABASE_URL says.
@@ -61,7 +63,8 @@ wait_ready() {
 }
 
 start order-api HTTP_ADDR=127.0.0.1:8080 DATABASE_URL="$PG_BASE/orders"
-start catalog-consumer HTTP_ADDR=127.0.0.1:8081 DATABASE_URL="$PG_BASE/catalog"
+# A fixed instance id (static membership): a restarted consumer takes its partitions back at once.
+start catalog-consumer HTTP_ADDR=127.0.0.1:8081 DATABASE_URL="$PG_BASE/catalog" CONSUMER_INSTANCE_ID=catalog-consumer-0
 wait_ready order-api http://127.0.0.1:8080
 start outbox-relay HTTP_ADDR=127.0.0.1:8082 DATABASE_URL="$PG_BASE/orders"
 wait_ready catalog-consumer http://127.0.0.1:8081

@@ -35,7 +35,18 @@ cargo clippy -p testkit --features containers --locked -- -D warnings
 step "cargo test"
 cargo build --workspace --bins --locked
 mkdir -p .local
-cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-8}" 2>&1 | tee .local/test-output.log
+cargo test --workspace --exclude system-tests --locked -- --test-threads "${TEST_THREADS:-8}" 2>&1 |
+  tee .local/test-output.log
+# The chaos system test runs alone, after the rest: it needs the machine's cores, and runs the
+# services as real processes against a broker of its own (the pinned nisshi, which it pauses).
+scripts/infra.sh install-broker
+export NISSHI_BIN=${NISSHI_BIN:-$(scripts/infra.sh broker-path)}
+# --nocapture: its summary (orders, retries, faults, time to converge) goes to the log.
+cargo test -p system-tests --locked -- --nocapture 2>&1 | tee -a .local/test-output.log
 # One closing line for the whole run (cargo's own last line is that of the last test binary).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "\nsummary: %d passed, %d failed\n", passed, failed }' \
   .local/test-output.log
+
+step "benchmark smoke run"
+# Tiny sizes, no thresholds, the debug binaries built above: proves every row still runs.
+scripts/bench.sh --smoke

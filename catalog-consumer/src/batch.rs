@@ -14,9 +14,11 @@ use rdkafka::message::{Message, OwnedMessage};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use outbox_core::kafka::FailureKind;
+
 use crate::{
     decode::{self, OrderEvent, Rejection},
-    dlq::DeadLetters,
+    dlq::{self, DeadLetters},
     metrics::{self, Metrics},
     stock::{self, Outcome},
 };
@@ -30,6 +32,9 @@ pub struct Batch {
     messages: Vec<OwnedMessage>,
     decoded: Vec<Result<OrderEvent, Rejection>>,
     dead_lettered: bool,
+    /// (message index, why) of dead letters the dead-letter topic refused: they go to the
+    /// `dead_letters` table in the batch's transaction.
+    refused: Vec<(usize, String)>,
 }
 
 impl Batch {
@@ -40,6 +45,7 @@ impl Batch {
             messages,
             decoded,
             dead_lettered: false,
+            refused: Vec::new(),
         }
     }
 
@@ -71,6 +77,8 @@ pub struct Report {
     pub outcomes: Vec<(Uuid, Outcome)>,
     /// How many messages went to the dead-letter topic.
     pub dead_lettered: usize,
+    /// How many of them the dead-letter topic refused, kept in the `dead_letters` table instead.
+    pub kept_in_table: usize,
 }
 
 impl Report {
@@ -123,18 +131,41 @@ impl Applier {
     /// every message of the batch is accounted for and its offsets may be stored.
     #[tracing::instrument(skip_all, fields(messages = batch.len()))]
     pub async fn apply_batch(&self, batch: &mut Batch) -> Result<Report, Transient> {
-        let rejected: Vec<(&OwnedMessage, &Rejection)> = batch
+        let rejected: Vec<(usize, &OwnedMessage, &Rejection)> = batch
             .messages
             .iter()
             .zip(&batch.decoded)
-            .filter_map(|(message, decoded)| decoded.as_ref().err().map(|r| (message, r)))
+            .enumerate()
+            .filter_map(|(i, (message, decoded))| decoded.as_ref().err().map(|r| (i, message, r)))
             .collect();
         if !batch.dead_lettered && !rejected.is_empty() {
-            self.dead_letters
-                .send_all(&rejected)
-                .await
-                .map_err(Transient::DeadLetterTopic)?;
-            for (message, rejection) in &rejected {
+            let letters: Vec<(&OwnedMessage, &Rejection)> =
+                rejected.iter().map(|(_, m, r)| (*m, *r)).collect();
+            let results = self.dead_letters.send_all(&letters).await;
+            // A failure about the broker: retry the lot later. A refusal of one dead letter
+            // (about that message: it would be refused again) must not stall the partition.
+            if let Some(error) = results
+                .iter()
+                .filter_map(|r| r.as_ref().err())
+                .find(|e| outbox_core::kafka::classify_error(e) == FailureKind::Transient)
+            {
+                return Err(Transient::DeadLetterTopic(error.clone()));
+            }
+            let mut refused = Vec::new();
+            for ((index, message, rejection), result) in rejected.iter().zip(&results) {
+                if let Err(error) = result {
+                    tracing::error!(
+                        topic = message.topic(),
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        reason = rejection.reason,
+                        %error,
+                        dlq = self.dead_letters.topic(),
+                        "the dead-letter topic refused this message; keeping it in the dead_letters table"
+                    );
+                    refused.push((*index, error.to_string()));
+                    continue;
+                }
                 tracing::warn!(
                     topic = message.topic(),
                     partition = message.partition(),
@@ -153,6 +184,7 @@ impl Applier {
                 .messages
                 .with_label_values(&[metrics::DLQ])
                 .inc_by(rejected.len() as u64);
+            batch.refused = refused;
         }
         batch.dead_lettered = true;
 
@@ -161,11 +193,22 @@ impl Applier {
             .iter()
             .filter_map(|decoded| decoded.as_ref().ok().cloned())
             .collect();
+        let refused: Vec<(&OwnedMessage, &Rejection, &str)> = batch
+            .refused
+            .iter()
+            .filter_map(|(index, why)| {
+                let rejection = batch.decoded[*index].as_ref().err()?;
+                Some((&batch.messages[*index], rejection, why.as_str()))
+            })
+            .collect();
         let started = std::time::Instant::now();
-        let outcomes = tokio::time::timeout(APPLY_TIMEOUT, self.apply_in_one_transaction(&events))
-            .await
-            .map_err(|_| Transient::DatabaseTimeout(APPLY_TIMEOUT))?
-            .map_err(Transient::Database)?;
+        let outcomes = tokio::time::timeout(
+            APPLY_TIMEOUT,
+            self.apply_in_one_transaction(&events, &refused),
+        )
+        .await
+        .map_err(|_| Transient::DatabaseTimeout(APPLY_TIMEOUT))?
+        .map_err(Transient::Database)?;
         let applied_at = Utc::now();
         self.metrics
             .apply_seconds
@@ -183,21 +226,27 @@ impl Applier {
                     .observe((latency.max(0) as f64) / 1e6);
             }
         }
+        self.metrics.dead_letters_kept.inc_by(refused.len() as u64);
         Ok(Report {
             outcomes,
             dead_lettered: rejected.len(),
+            kept_in_table: refused.len(),
         })
     }
 
     async fn apply_in_one_transaction(
         &self,
         events: &[OrderEvent],
+        refused: &[(&OwnedMessage, &Rejection, &str)],
     ) -> Result<Vec<(Uuid, Outcome)>, sqlx::Error> {
-        if events.is_empty() {
+        if events.is_empty() && refused.is_empty() {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
         let outcomes = stock::apply_events(&mut tx, events).await?;
+        for (message, rejection, why) in refused {
+            dlq::keep_refused(&mut tx, message, rejection, why).await?;
+        }
         tx.commit().await?;
         Ok(outcomes)
     }

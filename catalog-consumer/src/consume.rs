@@ -9,9 +9,13 @@
 //! when the process stops (or its partition moves) is redelivered, and re-applying it is a
 //! no-op (see `stock`).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use backoff::{backoff::Backoff, ExponentialBackoffBuilder};
+use futures::FutureExt;
 use rdkafka::{
     client::ClientContext,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
@@ -62,10 +66,13 @@ fn commit_stored<C: Consumer<GroupContext>>(consumer: &C) {
 
 /// Joins the group and subscribes to the order events topic.
 pub fn subscribe(settings: &Settings) -> anyhow::Result<GroupConsumer> {
-    let consumer: GroupConsumer = settings
-        .kafka
-        .client_config()
+    let mut config = settings.kafka.client_config();
+    if let Some(instance) = &settings.consumer_instance_id {
+        config.set("group.instance.id", instance);
+    }
+    let consumer: GroupConsumer = config
         .set("group.id", &settings.consumer_group)
+        .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
         .set("enable.auto.offset.store", "false")
         .set("enable.auto.commit", "true")
         .set(
@@ -83,6 +90,35 @@ pub fn subscribe(settings: &Settings) -> anyhow::Result<GroupConsumer> {
     Ok(consumer)
 }
 
+/// Since when the batch in hand has been failing, if it has.
+#[derive(Clone, Default)]
+pub struct Stall(Arc<Mutex<Option<Instant>>>);
+
+impl Stall {
+    fn failing(&self) -> Duration {
+        let mut since = self.0.lock().expect("stall lock");
+        since.get_or_insert_with(Instant::now).elapsed()
+    }
+
+    fn cleared(&self) {
+        *self.0.lock().expect("stall lock") = None;
+    }
+
+    /// The readiness check: fails while one batch has been retried for longer than `limit`.
+    pub fn check(&self, limit: Duration) -> outbox_core::ops::Check {
+        let stall = self.clone();
+        outbox_core::ops::Check::from_fn("batch", move || {
+            match *stall.0.lock().expect("stall lock") {
+                Some(since) if since.elapsed() > limit => Err(format!(
+                    "one batch has been retried for {} s (database or dead-letter topic unavailable)",
+                    since.elapsed().as_secs()
+                )),
+                _ => Ok(()),
+            }
+        })
+    }
+}
+
 /// The loop around [`Applier::apply_batch`]: wake-up, backoff and shutdown only.
 pub struct ConsumeLoop {
     pub(crate) consumer: Arc<GroupConsumer>,
@@ -92,6 +128,7 @@ pub struct ConsumeLoop {
     pub(crate) batch_wait: Duration,
     pub(crate) retry_max_backoff: Duration,
     pub(crate) hold_offsets_after_commit: bool,
+    pub(crate) stall: Stall,
 }
 
 impl ConsumeLoop {
@@ -132,8 +169,12 @@ impl ConsumeLoop {
         Ok(())
     }
 
-    /// Waits for a first message (or shutdown), then takes more until the batch is full or
-    /// `batch_wait` has passed.
+    /// Waits for a first message (or shutdown), then takes every message already fetched, up to
+    /// the batch size, and, when `batch_wait` is set, waits that long at most for more.
+    ///
+    /// Batches size themselves to the load: while one is applied the next one's messages
+    /// accumulate in librdkafka's queue, so an idle consumer applies a single message at once and
+    /// a busy one applies large batches.
     async fn next_batch(
         &self,
         shutdown: &CancellationToken,
@@ -152,6 +193,16 @@ impl ConsumeLoop {
                     }
                 },
             }
+        }
+        while messages.len() < self.batch_size {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(message)) => messages.push(message.detach()),
+                Some(Err(error)) => tracing::warn!(%error, "consumer error"),
+                None => break,
+            }
+        }
+        if self.batch_wait.is_zero() {
+            return Some(messages);
         }
         let deadline = tokio::time::Instant::now() + self.batch_wait;
         while messages.len() < self.batch_size {
@@ -180,8 +231,16 @@ impl ConsumeLoop {
             .build();
         loop {
             match self.applier.apply_batch(batch).await {
-                Ok(report) => return Some(report),
+                Ok(report) => {
+                    self.stall.cleared();
+                    self.metrics.batch_retrying_seconds.set(0.0);
+                    return Some(report);
+                }
                 Err(error) => {
+                    let failing = self.stall.failing();
+                    self.metrics
+                        .batch_retrying_seconds
+                        .set(failing.as_secs_f64());
                     self.metrics
                         .retries
                         .with_label_values(&[error.cause()])

@@ -1,16 +1,21 @@
 //! The dead-letter topic. A message that cannot be understood is produced there with its
 //! original key, value and headers plus the `dlq_*` headers saying why and where it came from,
 //! and its offset is stored only once the broker has acknowledged that copy: a bad message is
-//! never silently dropped, and never stalls its partition.
+//! never silently dropped, and never stalls its partition. A copy the dead-letter topic refuses
+//! for a reason about that message (too large for it, say) is kept in the catalog database's
+//! `dead_letters` table instead, in the batch's transaction; only an unavailable broker makes the
+//! batch wait and retry.
 
 use std::time::Duration;
 
 use futures::future::join_all;
-use outbox_core::settings::KafkaSettings;
+use outbox_core::{kafka, settings::KafkaSettings};
 use rdkafka::{
-    message::{Header, Message, OwnedHeaders, OwnedMessage},
+    error::KafkaError,
+    message::{Header, Headers, Message, OwnedHeaders, OwnedMessage},
     producer::{FutureProducer, FutureRecord},
 };
+use sqlx::PgConnection;
 
 use crate::decode::Rejection;
 
@@ -38,15 +43,19 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    pub fn new(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<Self> {
-        let producer = kafka
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
+    /// A producer for `topic`; `message_max_bytes` is the largest dead letter it sends (keep it
+    /// at or below the topic's limit).
+    pub fn new(
+        kafka_settings: &KafkaSettings,
+        topic: &str,
+        message_max_bytes: u32,
+    ) -> anyhow::Result<Self> {
+        let producer = kafka::idempotent_producer_config(kafka_settings)
             .set(
                 "message.timeout.ms",
                 DELIVERY_TIMEOUT.as_millis().to_string(),
             )
+            .set("message.max.bytes", message_max_bytes.to_string())
             .create()?;
         Ok(Self {
             producer,
@@ -58,13 +67,13 @@ impl DeadLetters {
         &self.topic
     }
 
-    /// Produces every rejected message, all enqueued at once, and returns when the broker has
-    /// acknowledged all of them, or with the first failure (the caller retries the lot; a
-    /// retry may write a dead letter twice, never zero times).
+    /// Produces every rejected message, all enqueued at once, and returns each one's result, in
+    /// order, once every report is in. (The caller retries the lot after a failure about the
+    /// broker; a retry may write a dead letter twice, never zero times.)
     pub async fn send_all(
         &self,
         rejected: &[(&OwnedMessage, &Rejection)],
-    ) -> Result<(), rdkafka::error::KafkaError> {
+    ) -> Vec<Result<(), KafkaError>> {
         let sends = rejected.iter().map(|(message, rejection)| {
             let headers = dead_letter_headers(message, rejection);
             let mut record: FutureRecord<'_, [u8], [u8]> =
@@ -77,11 +86,51 @@ impl DeadLetters {
             }
             self.producer.send(record, DELIVERY_TIMEOUT)
         });
-        for result in join_all(sends).await {
-            result.map_err(|(error, _)| error)?;
-        }
-        Ok(())
+        join_all(sends)
+            .await
+            .into_iter()
+            .map(|result| result.map(|_| ()).map_err(|(error, _)| error))
+            .collect()
     }
+}
+
+/// Keeps a dead letter the dead-letter topic refused in the `dead_letters` table, in the
+/// caller's transaction (the caller commits). Idempotent per source position.
+pub async fn keep_refused(
+    conn: &mut PgConnection,
+    message: &OwnedMessage,
+    rejection: &Rejection,
+    refused_because: &str,
+) -> Result<(), sqlx::Error> {
+    let (header_keys, header_values): (Vec<String>, Vec<Option<Vec<u8>>>) = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                .unzip()
+        })
+        .unwrap_or_default();
+    sqlx::query!(
+        "insert into dead_letters
+             (source_topic, source_partition, source_offset, message_key, message_value,
+              header_keys, header_values, reason, error, refused_because)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         on conflict (source_topic, source_partition, source_offset) do nothing",
+        message.topic(),
+        message.partition(),
+        message.offset(),
+        message.key(),
+        message.payload(),
+        &header_keys,
+        &header_values as &[Option<Vec<u8>>],
+        rejection.reason,
+        &rejection.detail,
+        refused_because
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 fn dead_letter_headers(message: &OwnedMessage, rejection: &Rejection) -> OwnedHeaders {

@@ -1,7 +1,9 @@
 //! catalog-consumer: applies `order.placed.v1` events to the catalog's stock, each event exactly
 //! once however often it is delivered, in one database transaction per batch; dead-letters what
-//! it cannot understand; and serves the catalog over HTTP.
+//! it cannot understand; and serves the catalog over HTTP. `catalog-consumer audit` ([`audit`])
+//! reconciles the orders database with what was processed.
 
+pub mod audit;
 pub mod batch;
 pub mod consume;
 pub mod decode;
@@ -21,10 +23,57 @@ use outbox_core::{
 };
 use tokio_util::sync::CancellationToken;
 
+pub use audit::{AuditArgs, AuditReport};
 pub use batch::{Applier, Batch, Report, Transient};
 pub use dlq::DeadLetters;
 pub use metrics::Metrics;
 pub use routes::Product;
+
+/// The command line: `run` (the default when no subcommand is given) and `audit`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "catalog-consumer",
+    version,
+    about = "Applies order events to the catalog's stock exactly once; serves the catalog over HTTP.",
+    long_about = None,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: Settings,
+}
+
+impl Cli {
+    /// The subcommand to run; `run` with the top-level settings when none was given.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Run(self.run))
+    }
+}
+
+/// What the binary does.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Run the consumer (the default).
+    Run(Settings),
+    /// Reconcile the orders database with the catalog's processed_events (read-only) and print
+    /// one JSON object.
+    ///
+    /// Prints {"orders", "processed", "outcomes", "grace_secs", "unprocessed_within_grace",
+    /// "missing_count", "missing", "unexpected_count", "unexpected"} on stdout. `missing` lists
+    /// orders older than the grace period that have no processed_events row; `unexpected` lists
+    /// the event ids of processed_events rows whose order is not in the orders database. Both
+    /// lists stop at --limit; their counts are complete.
+    ///
+    /// Exit status: 0 when nothing is missing or unexpected, 1 otherwise, 2 when the audit
+    /// cannot run (a message on stderr, no JSON).
+    ///
+    /// Read-only: it never writes and never runs migrations, and its connections are read-only.
+    /// Run it as a read-only role: it needs only SELECT on `orders` (orders database) and on
+    /// `processed_events` (catalog database).
+    Audit(AuditArgs),
+}
 
 /// catalog-consumer settings: flags, each with an environment variable behind it.
 #[derive(Debug, Clone, clap::Parser)]
@@ -58,24 +107,48 @@ pub struct Settings {
     /// Kafka topic where messages that cannot be understood are sent.
     #[arg(long, env = "DLQ_TOPIC", default_value = "order-events.dlq")]
     pub dlq_topic: String,
+    /// Largest dead letter sent to the dead-letter topic, in bytes (librdkafka
+    /// `message.max.bytes` of its producer; keep it at or below that topic's limit). A dead
+    /// letter the topic refuses is kept in the catalog database's `dead_letters` table.
+    #[arg(long, env = "DLQ_MESSAGE_MAX_BYTES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1_000..=1_000_000_000))]
+    pub dlq_message_max_bytes: u32,
     /// Most messages applied in one database transaction.
     #[arg(long, env = "BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
-    /// Longest wait, in milliseconds, for a batch to fill once its first message arrived.
-    #[arg(long, env = "BATCH_WAIT_MS", default_value_t = 50)]
+    /// Longest extra wait, in milliseconds, for a batch to fill once its first message arrived.
+    /// 0 (the default): a batch is what has arrived by then, so an idle consumer applies a
+    /// message at once and a busy one applies large batches.
+    #[arg(long, env = "BATCH_WAIT_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub batch_wait_ms: u64,
     /// How often, in milliseconds, stored offsets are committed to the group (they are also
-    /// committed on revoke and at shutdown).
-    #[arg(long, env = "COMMIT_INTERVAL_MS", default_value_t = 1000)]
+    /// committed on revoke and at shutdown). At least 1: 0 would turn committing off.
+    #[arg(long, env = "COMMIT_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub commit_interval_ms: u64,
     /// Kafka group session timeout in milliseconds: how long a member that died without leaving
     /// keeps its partitions.
-    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 45_000)]
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
     pub kafka_session_timeout_ms: u64,
     /// Longest wait, in milliseconds, between retries of a batch while the database or the
     /// dead-letter topic is unavailable (retries start at 100 ms and never give up).
     #[arg(long, env = "RETRY_MAX_BACKOFF_MS", default_value_t = 5000)]
     pub retry_max_backoff_ms: u64,
+    /// Static group membership (Kafka `group.instance.id`): a stable name per replica (e.g. the
+    /// pod name of a StatefulSet). A consumer restarted under the same id takes its partitions
+    /// back at once, without a rebalance; one that never comes back loses them after the session
+    /// timeout. Unset: dynamic membership. Two live replicas must never share an id.
+    #[arg(long, env = "CONSUMER_INSTANCE_ID")]
+    pub consumer_instance_id: Option<String>,
+    /// Seconds one batch may be retried (database or dead-letter topic unavailable) before
+    /// `/readyz` answers 503 naming it; `catalog_consumer_batch_retrying_seconds` shows the
+    /// same all along.
+    #[arg(long, env = "STALLED_AFTER_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stalled_after_secs: u64,
+    /// librdkafka `fetch.wait.max.ms`: how long the broker may hold a fetch that has no data.
+    /// Brokers that do not answer a fetch early when data arrives (the local nisshi) add up to
+    /// this much latency to every event; Kafka answers as soon as data arrives, so there it
+    /// only sets how often an idle consumer asks (100 fetches/s per broker at 10 ms).
+    #[arg(long, env = "FETCH_WAIT_MAX_MS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=300_000))]
+    pub fetch_wait_max_ms: u32,
     /// Test only: after the first batch's database commit, never store its offsets, so a test
     /// can kill the process between the two.
     #[arg(long, env = "CATALOG_CONSUMER_TEST_HOLD_OFFSETS", hide = true)]
@@ -102,14 +175,20 @@ impl Consumer {
         .await?;
         let registry = prometheus::Registry::new();
         let metrics = Metrics::register(&registry)?;
-        let dead_letters = DeadLetters::new(&settings.kafka, &settings.dlq_topic)
-            .context("cannot create the dead-letter producer")?;
+        let dead_letters = DeadLetters::new(
+            &settings.kafka,
+            &settings.dlq_topic,
+            settings.dlq_message_max_bytes,
+        )
+        .context("cannot create the dead-letter producer")?;
         let consumer = consume::subscribe(&settings).context("cannot create the Kafka consumer")?;
+        let stall = consume::Stall::default();
         let ops = Ops::new(
             registry,
             vec![
                 Check::postgres(pool.clone()),
                 Check::kafka(&settings.kafka.client_config())?,
+                stall.check(Duration::from_secs(settings.stalled_after_secs)),
             ],
         );
 
@@ -144,6 +223,7 @@ impl Consumer {
             batch_wait: Duration::from_millis(settings.batch_wait_ms),
             retry_max_backoff: Duration::from_millis(settings.retry_max_backoff_ms.max(100)),
             hold_offsets_after_commit: settings.test_hold_offsets,
+            stall,
         };
         Ok(Self {
             port,

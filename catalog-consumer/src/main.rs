@@ -1,11 +1,19 @@
-use catalog_consumer::{Consumer, Settings};
+use std::process::ExitCode;
+
+use catalog_consumer::{audit, Cli, Command, Consumer};
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    outbox_core::telemetry::init();
-    let settings = Settings::parse();
-    let shutdown = outbox_core::shutdown::on_signal();
-    let consumer = Consumer::build(settings).await?;
-    consumer.run_until_stopped(shutdown).await
+async fn main() -> anyhow::Result<ExitCode> {
+    match Cli::parse().into_command() {
+        Command::Run(settings) => {
+            outbox_core::telemetry::init();
+            let shutdown = outbox_core::shutdown::on_signal();
+            let consumer = Consumer::build(settings).await?;
+            consumer.run_until_stopped(shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        // No log output: stdout carries only the report.
+        Command::Audit(args) => Ok(audit::print_report(&args).await),
+    }
 }

@@ -1,4 +1,4 @@
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::{decode, stock::Outcome};
 
@@ -17,6 +17,10 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub apply_seconds: Histogram,
     pub commit_to_applied_seconds: Histogram,
+    /// How long the batch in hand has been retried (0 when it is not being retried).
+    pub batch_retrying_seconds: Gauge,
+    /// Dead letters the dead-letter topic refused, kept in the `dead_letters` table.
+    pub dead_letters_kept: IntCounter,
 }
 
 impl Metrics {
@@ -68,6 +72,14 @@ impl Metrics {
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                 ]),
             )?,
+            batch_retrying_seconds: Gauge::new(
+                "catalog_consumer_batch_retrying_seconds",
+                "How long the batch in hand has been retried because the database or the dead-letter topic is unavailable (0 when not retrying).",
+            )?,
+            dead_letters_kept: IntCounter::new(
+                "catalog_consumer_dead_letters_kept_total",
+                "Dead letters the dead-letter topic refused, kept in the catalog database's dead_letters table.",
+            )?,
         };
         for outcome in Outcome::ALL {
             metrics.messages.with_label_values(&[outcome.as_str()]);
@@ -82,6 +94,8 @@ impl Metrics {
         registry.register(Box::new(metrics.batch_size.clone()))?;
         registry.register(Box::new(metrics.apply_seconds.clone()))?;
         registry.register(Box::new(metrics.commit_to_applied_seconds.clone()))?;
+        registry.register(Box::new(metrics.batch_retrying_seconds.clone()))?;
+        registry.register(Box::new(metrics.dead_letters_kept.clone()))?;
         Ok(metrics)
     }
 }

@@ -17,7 +17,8 @@ pub static ORDERS_MIGRATOR: Migrator = sqlx::migrate!("../migrations/orders");
 pub static CATALOG_MIGRATOR: Migrator = sqlx::migrate!("../migrations/catalog");
 
 /// Connects a pool to `url`, naming the connections after the service (visible in
-/// `pg_stat_activity`), and applies `migrator` unless the settings say not to.
+/// `pg_stat_activity`) unless the URL names them (`?application_name=relay-a`, to tell replicas
+/// apart), and applies `migrator` unless the settings say not to.
 ///
 /// Fails with a message naming the host and database (never the password) when the server
 /// cannot be reached.
@@ -30,7 +31,10 @@ pub async fn connect(
     let options: PgConnectOptions = url
         .parse()
         .context("DATABASE_URL is not a valid postgres:// URL")?;
-    let options = options.application_name(application_name);
+    let options = match options.get_application_name() {
+        Some(_) => options,
+        None => options.application_name(application_name),
+    };
     let target = describe(&options);
     let pool = PgPoolOptions::new()
         .max_connections(settings.db_max_connections)

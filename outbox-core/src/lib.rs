@@ -1,9 +1,11 @@
 //! What the three services share, and nothing else: settings types, telemetry, the database
-//! pool and embedded migrations, the order event envelope with its Kafka headers, the
+//! pool and embedded migrations, the order event envelope with its Kafka headers, the idempotent producer configuration and
+//! the classification of produce failures, the
 //! health/readiness/metrics HTTP surface, and shutdown.
 
 pub mod db;
 pub mod event;
+pub mod kafka;
 pub mod ops;
 pub mod settings;
 pub mod shutdown;

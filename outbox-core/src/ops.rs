@@ -96,6 +96,22 @@ impl Check {
 }
 
 impl Check {
+    /// A check computed in-process, e.g. "a batch has been retried for too long"; `Err` says
+    /// why the process is not ready.
+    pub fn from_fn(
+        name: &'static str,
+        check: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        let check = Arc::new(check);
+        Self {
+            name,
+            probe: Arc::new(move || {
+                let result = check();
+                Box::pin(async move { result })
+            }),
+        }
+    }
+
     /// Probes the dependency once; `Err` says why it did not answer.
     pub async fn run(&self) -> Result<(), String> {
         (self.probe)().await
@@ -155,7 +171,7 @@ async fn readyz(ops: web::Data<Ops>) -> HttpResponse {
             tracing::warn!(%detail, "not ready");
             // Names only: the causes (which may carry server messages) stay in the log.
             let names = failures.iter().map(|(name, _)| *name).collect::<Vec<_>>();
-            let message = format!("not reachable: {}", names.join(", "));
+            let message = format!("not ready: {}", names.join(", "));
             error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", &message)
         }
     }

@@ -88,10 +88,13 @@ pub async fn lock_lanes(conn: &mut PgConnection, max_lanes: i64) -> Result<Vec<i
 }
 
 /// The due pending rows of `lanes` in id order, up to `limit`, leaving out every row that has an
-/// earlier row of its key that is dead, parked, or retrying and not due yet.
+/// earlier row of its key that is dead, parked, or retrying and not due yet, and every row of
+/// `held_keys` (keys this relay holds back: a delivery still unresolved, or their partition
+/// unavailable).
 pub async fn claim_rows(
     conn: &mut PgConnection,
     lanes: &[i32],
+    held_keys: &[String],
     limit: i64,
 ) -> Result<Vec<ClaimedRow>, sqlx::Error> {
     // "Due" is judged against the clock read once, after this statement's snapshot was taken,
@@ -112,6 +115,7 @@ pub async fn claim_rows(
           where o.lane = any($1::int[])
             and o.state = 'pending'
             and o.next_attempt_at <= clock.at
+            and o.partition_key <> all($3::text[])
             and not exists (
                 select 1 from outbox b
                  where b.partition_key = o.partition_key
@@ -121,7 +125,8 @@ pub async fn claim_rows(
           order by o.id
           limit $2"#,
         lanes,
-        limit
+        limit,
+        held_keys
     )
     .fetch_all(conn)
     .await

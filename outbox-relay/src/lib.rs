@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod claim;
 pub mod metrics;
+pub mod partitions;
 pub mod publish;
 mod relay;
 pub mod retry;
@@ -72,17 +73,21 @@ pub struct Settings {
     #[command(flatten)]
     pub kafka: KafkaSettings,
     /// Most rows claimed and published in one step (one transaction).
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 500)]
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
     /// Most lanes (of 64) one step locks; lower values spread the work of several relays.
-    #[arg(long, env = "MAX_LANES_PER_BATCH", default_value_t = 16)]
+    #[arg(long, env = "MAX_LANES_PER_BATCH", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub max_lanes_per_batch: u32,
+    /// Claim-publish-delete steps in flight at once, each on its own lanes and transaction:
+    /// while one waits for the broker's acks another claims or deletes.
+    #[arg(long, env = "STEPS_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub steps_in_flight: u32,
     /// Longest wait between two polls while idle; a notification on the wake-up channel
     /// cuts it short, and the wait starts at 1 ms after each batch that found work.
     #[arg(long, env = "IDLE_POLL_MAX_MS", default_value_t = 500)]
     pub idle_poll_max_ms: u64,
     /// Attempts (failures about the message itself) after which a row is dead.
-    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 10)]
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
     /// Delay before a failed message's first retry; doubles per attempt, with ±50 % jitter.
     #[arg(long, env = "RETRY_INITIAL_MS", default_value_t = 1_000)]
@@ -94,19 +99,22 @@ pub struct Settings {
     /// relay never gives up).
     #[arg(long, env = "OUTAGE_BACKOFF_MAX_MS", default_value_t = 5_000)]
     pub outage_backoff_max_ms: u64,
-    /// Longest wait for a batch's delivery reports while its claim transaction is open.
-    #[arg(long, env = "DELIVERY_TIMEOUT_SECS", default_value_t = 15)]
+    /// Longest wait for a batch's delivery reports while its claim transaction is open (at
+    /// least 1; a message still unconfirmed then holds its key until its report arrives).
+    #[arg(long, env = "DELIVERY_TIMEOUT_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub delivery_timeout_secs: u64,
-    /// librdkafka `message.timeout.ms`: how long the producer keeps retrying one message.
-    #[arg(long, env = "MESSAGE_TIMEOUT_MS", default_value_t = 120_000)]
+    /// librdkafka `message.timeout.ms`: how long the producer keeps retrying one message (0,
+    /// librdkafka's "forever", is refused: a message that never times out could hold its key
+    /// for ever).
+    #[arg(long, env = "MESSAGE_TIMEOUT_MS", default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(1..=2_147_483_647))]
     pub message_timeout_ms: u64,
     /// librdkafka `message.max.bytes`: larger messages are refused (keep it at or below the
     /// broker's limit).
-    #[arg(long, env = "MESSAGE_MAX_BYTES", default_value_t = 1_000_000)]
+    #[arg(long, env = "MESSAGE_MAX_BYTES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1_000..=1_000_000_000))]
     pub message_max_bytes: u32,
     /// librdkafka `linger.ms`: how long the producer waits to fill a request. A batch is
     /// enqueued whole before its acks are awaited, so a longer linger only delays single rows.
-    #[arg(long, env = "LINGER_MS", default_value_t = 1)]
+    #[arg(long, env = "LINGER_MS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=900_000))]
     pub linger_ms: u64,
     /// Seconds between refreshes of the pending/dead/parked gauges.
     #[arg(long, env = "STATS_INTERVAL_SECS", default_value_t = 5)]
@@ -118,6 +126,27 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Refuses combinations that would wedge the relay, naming the settings to change.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.message_timeout_ms <= self.linger_ms {
+            anyhow::bail!(
+                "MESSAGE_TIMEOUT_MS ({}) must be longer than LINGER_MS ({}): every message would \
+                 time out before it is sent",
+                self.message_timeout_ms,
+                self.linger_ms
+            );
+        }
+        if self.delivery_timeout_secs.saturating_mul(1_000) <= self.linger_ms.saturating_mul(2) {
+            anyhow::bail!(
+                "DELIVERY_TIMEOUT_SECS ({} s) must be well above LINGER_MS ({} ms): no batch could \
+                 be acknowledged within it",
+                self.delivery_timeout_secs,
+                self.linger_ms
+            );
+        }
+        Ok(())
+    }
+
     pub(crate) fn idle_poll_max(&self) -> Duration {
         Duration::from_millis(self.idle_poll_max_ms.max(1))
     }

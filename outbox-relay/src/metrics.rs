@@ -22,6 +22,7 @@ pub struct Metrics {
     pub commit_to_ack: Histogram,
     pub paused: IntGauge,
     pub idle_wait: Gauge,
+    pub held_keys: IntGauge,
 }
 
 impl Metrics {
@@ -85,6 +86,10 @@ impl Metrics {
                 "outbox_relay_idle_wait_seconds",
                 "The wait before the next poll while idle (0 while there is work).",
             )?,
+            held_keys: IntGauge::new(
+                "outbox_relay_held_keys",
+                "Keys this relay holds back (in order) while their partition is unavailable or a delivery of theirs is unresolved.",
+            )?,
         };
         registry.register(Box::new(metrics.pending_rows.clone()))?;
         registry.register(Box::new(metrics.dead_rows.clone()))?;
@@ -98,6 +103,7 @@ impl Metrics {
         registry.register(Box::new(metrics.commit_to_ack.clone()))?;
         registry.register(Box::new(metrics.paused.clone()))?;
         registry.register(Box::new(metrics.idle_wait.clone()))?;
+        registry.register(Box::new(metrics.held_keys.clone()))?;
         Ok(metrics)
     }
 

@@ -7,20 +7,24 @@
 //!   every earlier row of its key in the batch was persisted too: a row that failed is published
 //!   again before its successors are deleted.
 //! - A row being retried goes out last of its key in a batch, and nothing of a key is enqueued
-//!   after a row of that key failed to enqueue, so a later event is not published ahead of an
-//!   earlier one that is known to be failing. (A first refusal reported only in the delivery
-//!   report, e.g. a broker whose size limit is below the producer's, cannot stop the later rows
-//!   of its key already in flight in the same batch: they are kept and published again after it.)
+//!   after a row of that key failed to enqueue or was held back (its partition unavailable), so
+//!   a later event is not published ahead of an earlier one that is known to be failing. (A
+//!   first refusal reported only in the delivery report, e.g. a broker whose size limit is below
+//!   the producer's, cannot stop the later rows of its key already in flight in the same batch:
+//!   they are kept and published again after it.)
+//! - A message without a delivery report by the deadline is handed back unresolved (its future
+//!   kept), so the caller can hold its key until the report arrives instead of sending the key's
+//!   later rows past it.
 //! - Whether a failure is about one message (permanent: counts an attempt) or about the broker
-//!   (transient: counts nothing, the relay pauses) is decided from the rdkafka error code in one
-//!   place, [`classify`].
+//!   (transient: counts nothing) is decided in one place, [`outbox_core::kafka::classify`].
 
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
+use outbox_core::kafka::{self, FailureKind};
 use rdkafka::{
     error::KafkaError,
-    producer::{FutureProducer, FutureRecord},
+    producer::{DeliveryFuture, FutureProducer, FutureRecord},
     types::RDKafkaErrorCode,
     ClientConfig,
 };
@@ -30,11 +34,9 @@ use crate::{claim::ClaimedRow, Settings};
 /// The producer configuration: idempotent, `acks=all`, a message timeout long enough to ride out
 /// a broker blip, a short linger so single rows go out within milliseconds.
 pub fn producer_config(settings: &Settings) -> ClientConfig {
-    let mut config = settings.kafka.client_config();
+    let mut config = kafka::idempotent_producer_config(&settings.kafka);
     config
         .set("client.id", "outbox-relay")
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
         .set(
             "message.timeout.ms",
             settings.message_timeout_ms.to_string(),
@@ -46,46 +48,6 @@ pub fn producer_config(settings: &Settings) -> ClientConfig {
             settings.message_max_bytes.min(1_000_000).to_string(),
         );
     config
-}
-
-/// Whether a failure is about the message or about the broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// About this message (too large, invalid, its topic refused or unknown): counts an attempt;
-    /// after the maximum the row is dead.
-    Permanent,
-    /// About the broker or the connection (timeouts, transport, brokers down, queue full, a
-    /// fatal producer state): counts nothing; the relay pauses until the broker answers.
-    Transient,
-}
-
-/// The one place that decides whether an rdkafka error is about one message or about the broker.
-///
-/// Unknown topic or partition is permanent: it is about the row's topic (order-api wrote it), and
-/// treating it as an outage would stall every other topic; creating the topic and running
-/// `outbox-relay requeue` recovers the rows. Anything not listed is transient, so an error this
-/// list does not know pauses the relay rather than killing rows.
-pub fn classify(code: RDKafkaErrorCode) -> FailureKind {
-    use RDKafkaErrorCode as C;
-    match code {
-        C::MessageSizeTooLarge
-        | C::InvalidMessageSize
-        | C::InvalidMessage
-        | C::InvalidRecord
-        | C::MessageBatchTooLarge
-        | C::BadMessage
-        | C::InvalidTimestamp
-        | C::UnsupportedForMessageFormat
-        | C::PolicyViolation
-        | C::TopicAuthorizationFailed
-        | C::InvalidTopic
-        | C::UnknownTopicOrPartition
-        | C::UnknownTopic
-        | C::UnknownPartition
-        | C::KeySerialization
-        | C::ValueSerialization => FailureKind::Permanent,
-        _ => FailureKind::Transient,
-    }
 }
 
 /// One failed send or delivery.
@@ -102,7 +64,7 @@ impl Failure {
     fn from_kafka(error: &KafkaError) -> Self {
         match error.rdkafka_error_code() {
             Some(code) => Self {
-                kind: classify(code),
+                kind: kafka::classify(code),
                 reason: format!("{code:?}"),
                 message: error.to_string(),
             },
@@ -126,7 +88,8 @@ impl Failure {
 /// What happened to one row of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
-    /// Not enqueued: held behind an earlier row of its key, or the producer queue was full.
+    /// Not enqueued: its partition is unavailable, it is held behind an earlier row of its key,
+    /// or the producer queue was full.
     NotAttempted,
     /// The broker persisted it, as reported at this time.
     Acked(DateTime<Utc>),
@@ -136,19 +99,32 @@ pub enum Delivery {
     Unconfirmed,
 }
 
-/// Enqueues the batch (rows in id order) and awaits the delivery reports until `deadline`.
-/// Returns one [`Delivery`] per row, in the rows' order.
+/// The deliveries of a batch, one per row in the rows' order, and the reports still awaited.
+pub struct Published {
+    pub deliveries: Vec<Delivery>,
+    /// (row index, its delivery report to come) for every [`Delivery::Unconfirmed`] row.
+    pub unresolved: Vec<(usize, DeliveryFuture)>,
+}
+
+/// Enqueues the batch (rows in id order) except the rows `sendable` refuses (and the later rows
+/// of their keys), and awaits the delivery reports until `deadline`.
 pub async fn publish(
     producer: &FutureProducer,
     rows: &[ClaimedRow],
+    sendable: impl Fn(&ClaimedRow) -> bool,
     deadline: tokio::time::Instant,
-) -> Vec<Delivery> {
+) -> Published {
     let mut deliveries = vec![Delivery::NotAttempted; rows.len()];
     let mut in_flight = Vec::with_capacity(rows.len());
+    let mut unresolved = Vec::new();
     let mut held_keys: HashSet<&str> = HashSet::new();
     for (index, row) in rows.iter().enumerate() {
         let key = row.partition_key.as_str();
         if held_keys.contains(key) {
+            continue;
+        }
+        if !sendable(row) {
+            held_keys.insert(key);
             continue;
         }
         let record = FutureRecord::to(&row.topic)
@@ -172,18 +148,36 @@ pub async fn publish(
             }
         }
     }
-    for (index, future) in in_flight {
-        deliveries[index] = match tokio::time::timeout_at(deadline, future).await {
-            Ok(Ok(Ok(_))) => Delivery::Acked(Utc::now()),
-            Ok(Ok(Err((error, _)))) => Delivery::Failed(Failure::from_kafka(&error)),
-            Ok(Err(_canceled)) => Delivery::Failed(Failure::transient(
-                "Canceled",
-                "the producer was dropped before the delivery report",
-            )),
-            Err(_elapsed) => Delivery::Unconfirmed,
+    for (index, mut future) in in_flight {
+        deliveries[index] = match tokio::time::timeout_at(deadline, &mut future).await {
+            Ok(report) => delivery_of(report),
+            Err(_elapsed) => {
+                unresolved.push((index, future));
+                Delivery::Unconfirmed
+            }
         };
     }
-    deliveries
+    Published {
+        deliveries,
+        unresolved,
+    }
+}
+
+/// What a delivery report says about its row.
+pub fn delivery_of(
+    report: Result<
+        rdkafka::producer::future_producer::OwnedDeliveryResult,
+        futures::channel::oneshot::Canceled,
+    >,
+) -> Delivery {
+    match report {
+        Ok(Ok(_)) => Delivery::Acked(Utc::now()),
+        Ok(Err((error, _))) => Delivery::Failed(Failure::from_kafka(&error)),
+        Err(_canceled) => Delivery::Failed(Failure::transient(
+            "Canceled",
+            "the producer was dropped before the delivery report",
+        )),
+    }
 }
 
 /// What a batch's deliveries mean for its rows.
@@ -197,8 +191,13 @@ pub struct Settlement {
     pub failed: Vec<(i64, i32, String)>,
     /// Every failure, for the metrics.
     pub failures: Vec<Failure>,
-    /// The first failure that was about the broker, or a missing delivery report.
+    /// The first failure that was about the broker.
     pub transient: Option<String>,
+    /// Indexes of the rows whose failure was about the broker, or that had no report in time:
+    /// their partitions are paused.
+    pub troubled: Vec<usize>,
+    /// Whether any row of the batch was acknowledged (kept or not): the broker is up.
+    pub any_acked: bool,
     /// Rows acknowledged but kept because an earlier row of their key was not.
     pub kept_behind: usize,
 }
@@ -207,9 +206,12 @@ pub struct Settlement {
 pub fn settle(rows: &[ClaimedRow], deliveries: &[Delivery]) -> Settlement {
     let mut settlement = Settlement::default();
     let mut broken_keys: HashSet<&str> = HashSet::new();
-    for (row, delivery) in rows.iter().zip(deliveries) {
+    for (index, (row, delivery)) in rows.iter().zip(deliveries).enumerate() {
         let key = row.partition_key.as_str();
         let earlier_all_acked = !broken_keys.contains(key);
+        if matches!(delivery, Delivery::Acked(_)) {
+            settlement.any_acked = true;
+        }
         match delivery {
             Delivery::Acked(at) if earlier_all_acked => {
                 settlement.published.push(row.id);
@@ -222,8 +224,11 @@ pub fn settle(rows: &[ClaimedRow], deliveries: &[Delivery]) -> Settlement {
                     settlement
                         .failed
                         .push((row.id, row.attempts, failure.message.clone()));
-                } else if settlement.transient.is_none() {
-                    settlement.transient = Some(failure.message.clone());
+                } else {
+                    settlement.troubled.push(index);
+                    if settlement.transient.is_none() {
+                        settlement.transient = Some(failure.message.clone());
+                    }
                 }
                 settlement.failures.push(failure.clone());
                 broken_keys.insert(key);
@@ -233,6 +238,7 @@ pub fn settle(rows: &[ClaimedRow], deliveries: &[Delivery]) -> Settlement {
                     "DeliveryTimeout",
                     "no delivery report within the delivery timeout",
                 );
+                settlement.troubled.push(index);
                 if settlement.transient.is_none() {
                     settlement.transient = Some(failure.message.clone());
                 }
@@ -274,31 +280,6 @@ mod tests {
             reason: "X".into(),
             message: "x".into(),
         })
-    }
-
-    #[test]
-    fn size_and_validity_errors_are_about_the_message_and_outages_are_not() {
-        use RDKafkaErrorCode::*;
-        for code in [
-            MessageSizeTooLarge,
-            InvalidMessage,
-            InvalidRecord,
-            TopicAuthorizationFailed,
-        ] {
-            assert_eq!(classify(code), FailureKind::Permanent, "{code:?}");
-        }
-        for code in [
-            MessageTimedOut,
-            AllBrokersDown,
-            BrokerTransportFailure,
-            RequestTimedOut,
-            NotEnoughReplicas,
-            QueueFull,
-            Fatal,
-            PurgeQueue,
-        ] {
-            assert_eq!(classify(code), FailureKind::Transient, "{code:?}");
-        }
     }
 
     #[test]

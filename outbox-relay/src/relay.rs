@@ -3,12 +3,19 @@
 //!
 //! Guarantees kept here:
 //! - No transaction stays open across a long broker wait: the claim transaction lives for one
-//!   batch, bounded by `DELIVERY_TIMEOUT_SECS`; after a failure about the broker the loop claims
-//!   nothing until the producer has no message in flight and the broker answers a metadata
-//!   request. A broker or database outage counts no attempt and is retried without giving up.
+//!   batch, bounded by `DELIVERY_TIMEOUT_SECS`; after a batch in which nothing was acknowledged
+//!   and something failed for a reason about the broker, the loop claims nothing until the
+//!   broker answers a metadata request. A broker or database outage counts no attempt and is
+//!   retried without giving up.
+//! - One bad partition does not hold up the others: rows of keys whose partition is unavailable
+//!   are not sent (see [`crate::partitions`]), and a message still without a delivery report
+//!   when its batch ends keeps its key held (never claimed by this relay) until the report
+//!   arrives, so a later row of the key can never overtake it; an acknowledged one is deleted
+//!   then. Every other key keeps flowing.
 //! - SIGTERM stops claiming; the batch in hand is finished (bounded) before the relay exits.
 
 use std::{
+    collections::HashMap,
     net::TcpListener,
     sync::{Arc, Mutex},
     time::Duration,
@@ -17,19 +24,23 @@ use std::{
 use actix_web::{dev::Server, App, HttpServer};
 use anyhow::Context;
 use backoff::{backoff::Backoff, ExponentialBackoff, ExponentialBackoffBuilder};
+use futures::FutureExt;
 use outbox_core::{
     db,
     ops::{self, Check, Ops},
 };
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use outbox_core::kafka::FailureKind;
+
 use crate::{
     admin, claim,
     metrics::Metrics,
-    publish::{self, FailureKind},
+    partitions::PartitionHealth,
+    publish::{self, Delivery},
     retry::{self, RetryPolicy},
     wakeup::{self, IdlePacer},
     Settings,
@@ -65,6 +76,23 @@ pub struct BatchOutcome {
     pub parked: u64,
 }
 
+/// A published row whose delivery report had not arrived when its batch ended.
+struct Unresolved {
+    id: i64,
+    topic: String,
+    key: String,
+    future: DeliveryFuture,
+}
+
+/// Keys this relay does not claim for now, so none of their rows overtakes an earlier one.
+#[derive(Default)]
+struct Held {
+    /// Deliveries still awaited; their keys are held until each report arrives.
+    unresolved: Vec<Unresolved>,
+    /// Key → (topic, partition) of keys whose partition was unavailable when last claimed.
+    waiting: HashMap<String, (String, i32)>,
+}
+
 struct Inner {
     settings: Settings,
     pool: PgPool,
@@ -74,6 +102,8 @@ struct Inner {
     /// The readiness probes, also the gate before publishing resumes after an outage.
     broker: Check,
     database: Check,
+    partitions: Arc<PartitionHealth>,
+    held: Mutex<Held>,
 }
 
 /// A built, bound, not yet running relay.
@@ -87,6 +117,7 @@ impl Relay {
     /// Connects to the database (applying migrations unless told not to), creates the producer
     /// and binds the HTTP port.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
         let pool = db::connect(
             &settings.database_url,
             &settings.pool,
@@ -99,6 +130,7 @@ impl Relay {
 
     /// Creates the producer and binds the HTTP port over an existing pool.
     pub fn build_with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+        settings.validate()?;
         let producer: FutureProducer = publish::producer_config(&settings)
             .create()
             .context("cannot create the Kafka producer")?;
@@ -137,6 +169,8 @@ impl Relay {
                 metrics,
                 broker,
                 database,
+                partitions: Arc::new(PartitionHealth::default()),
+                held: Mutex::new(Held::default()),
             }),
             port,
             server,
@@ -164,10 +198,15 @@ impl Relay {
             stop_helpers.clone(),
         );
         let stats = spawn_stats(self.inner.clone(), stop_helpers.clone());
+        let watch = spawn_partition_watch(self.inner.clone(), stop_helpers.clone());
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
 
-        self.inner.run_loop(&shutdown, &wakeup).await;
+        // Several steps in flight on disjoint lane sets (each holds its lanes' locks), so the
+        // database and the broker work at the same time instead of taking turns.
+        let steps = (0..self.inner.settings.steps_in_flight.max(1))
+            .map(|_| self.inner.run_loop(&shutdown, &wakeup));
+        futures::future::join_all(steps).await;
 
         stop_helpers.cancel();
         let producer = self.inner.producer();
@@ -181,6 +220,7 @@ impl Relay {
         let _ = server.await;
         let _ = listener.await;
         let _ = stats.await;
+        let _ = watch.await;
         tracing::info!("outbox-relay stopped");
         Ok(())
     }
@@ -215,29 +255,57 @@ impl Inner {
         )
         .fetch_one(&mut *tx)
         .await?;
+        let (resolved, held_keys) = self.resolve_held();
         let lanes =
             claim::lock_lanes(&mut tx, i64::from(settings.max_lanes_per_batch.max(1))).await?;
         tracing::debug!(?lanes, "lanes locked");
-        if lanes.is_empty() {
+        if lanes.is_empty() && resolved.is_empty() {
             tx.commit().await?;
             return Ok(BatchOutcome::default());
         }
-        let rows =
-            claim::claim_rows(&mut tx, &lanes, i64::from(settings.batch_size.max(1))).await?;
+        let rows = if lanes.is_empty() {
+            Vec::new()
+        } else {
+            claim::claim_rows(
+                &mut tx,
+                &lanes,
+                &held_keys,
+                i64::from(settings.batch_size.max(1)),
+            )
+            .await?
+        };
         let span = tracing::Span::current();
         span.record("claimed", rows.len());
         if rows.is_empty() {
+            let published = claim::delete_published(&mut tx, &resolved).await?;
             tx.commit().await?;
+            self.metrics.published.inc_by(published);
             return Ok(BatchOutcome {
                 lanes: lanes.len(),
+                published,
                 ..BatchOutcome::default()
             });
         }
         self.metrics.batch_size.observe(rows.len() as f64);
 
+        let unknown = self
+            .partitions
+            .unknown(rows.iter().map(|r| r.topic.as_str()));
+        if !unknown.is_empty() {
+            self.refresh_partitions(unknown).await;
+        }
+        let waiting = self.hold_unavailable(&rows);
         let deadline = tokio::time::Instant::now() + settings.delivery_timeout();
-        let deliveries = publish::publish(&producer, &rows, deadline).await;
-        let settlement = publish::settle(&rows, &deliveries);
+        let sent = publish::publish(
+            &producer,
+            &rows,
+            |row| !waiting.contains(row.partition_key.as_str()),
+            deadline,
+        )
+        .await;
+        let settlement = publish::settle(&rows, &sent.deliveries);
+        self.note_partitions(&rows, &sent.deliveries, &settlement.troubled);
+        self.hold_unresolved(&rows, sent.unresolved);
         if settings.test_hang_after_ack && !settlement.published.is_empty() {
             tracing::warn!(
                 acked = settlement.published.len(),
@@ -246,7 +314,9 @@ impl Inner {
             std::future::pending::<()>().await;
         }
 
-        let published = claim::delete_published(&mut tx, &settlement.published).await?;
+        let mut to_delete = settlement.published.clone();
+        to_delete.extend_from_slice(&resolved);
+        let published = claim::delete_published(&mut tx, &to_delete).await?;
         let recorded = retry::record_failures(&mut tx, &self.retry, &settlement.failed).await?;
         tx.commit().await?;
         span.record("published", published);
@@ -277,7 +347,15 @@ impl Inner {
             );
         }
         if let Some(reason) = settlement.transient {
-            return Err(RelayError::BrokerUnavailable { published, reason });
+            // Nothing acknowledged at all: the broker, not a partition, is in trouble.
+            if !settlement.any_acked {
+                return Err(RelayError::BrokerUnavailable { published, reason });
+            }
+            tracing::warn!(
+                rows = settlement.troubled.len(),
+                %reason,
+                "some partitions did not take their messages; their keys wait, the others flow"
+            );
         }
         Ok(BatchOutcome {
             lanes: lanes.len(),
@@ -289,6 +367,116 @@ impl Inner {
         })
     }
 
+    /// Collects the delivery reports that arrived since the last step: the ids acknowledged (to
+    /// delete now), and the keys still held (unresolved deliveries, unavailable partitions).
+    fn resolve_held(&self) -> (Vec<i64>, Vec<String>) {
+        let mut held = self.held.lock().expect("held lock");
+        let mut acked = Vec::new();
+        let mut still = Vec::with_capacity(held.unresolved.len());
+        for mut entry in std::mem::take(&mut held.unresolved) {
+            match (&mut entry.future).now_or_never() {
+                None => still.push(entry),
+                Some(report) => match publish::delivery_of(report) {
+                    Delivery::Acked(_) => acked.push(entry.id),
+                    // Still pending in the table, and the key is free again: claimed and sent
+                    // again, in order, by the next step that finds its partition available.
+                    other => {
+                        tracing::debug!(id = entry.id, ?other, "late delivery failed");
+                        if let Some(p) = self.partitions.partition(&entry.topic, &entry.key) {
+                            self.partitions.suspect(&entry.topic, p);
+                        }
+                    }
+                },
+            }
+        }
+        held.unresolved = still;
+        let partitions = &self.partitions;
+        held.waiting
+            .retain(|_, (topic, partition)| !partitions.is_available(topic, *partition));
+        let mut keys: Vec<String> = held.waiting.keys().cloned().collect();
+        keys.extend(held.unresolved.iter().map(|u| u.key.clone()));
+        keys.sort();
+        keys.dedup();
+        self.metrics.held_keys.set(keys.len() as i64);
+        (acked, keys)
+    }
+
+    /// The keys of `rows` whose partition is unavailable now; they are held until it is back.
+    fn hold_unavailable<'r>(
+        &self,
+        rows: &'r [claim::ClaimedRow],
+    ) -> std::collections::HashSet<&'r str> {
+        let mut waiting = std::collections::HashSet::new();
+        let mut held = self.held.lock().expect("held lock");
+        for row in rows {
+            let Some(partition) = self.partitions.partition(&row.topic, &row.partition_key) else {
+                continue;
+            };
+            if !self.partitions.is_available(&row.topic, partition) {
+                waiting.insert(row.partition_key.as_str());
+                held.waiting
+                    .insert(row.partition_key.clone(), (row.topic.clone(), partition));
+            }
+        }
+        waiting
+    }
+
+    /// Pauses the partitions of rows that failed for a reason about the broker or had no report
+    /// in time; clears the pause of partitions that acknowledged.
+    fn note_partitions(
+        &self,
+        rows: &[claim::ClaimedRow],
+        deliveries: &[Delivery],
+        troubled: &[usize],
+    ) {
+        for (row, delivery) in rows.iter().zip(deliveries) {
+            if let Delivery::Acked(_) = delivery {
+                if let Some(p) = self.partitions.partition(&row.topic, &row.partition_key) {
+                    self.partitions.delivered(&row.topic, p);
+                }
+            }
+        }
+        for index in troubled {
+            let row = &rows[*index];
+            if let Some(p) = self.partitions.partition(&row.topic, &row.partition_key) {
+                self.partitions.suspect(&row.topic, p);
+            }
+        }
+    }
+
+    fn hold_unresolved(
+        &self,
+        rows: &[claim::ClaimedRow],
+        unresolved: Vec<(usize, DeliveryFuture)>,
+    ) {
+        if unresolved.is_empty() {
+            return;
+        }
+        let mut held = self.held.lock().expect("held lock");
+        for (index, future) in unresolved {
+            let row = &rows[index];
+            held.unresolved.push(Unresolved {
+                id: row.id,
+                topic: row.topic.clone(),
+                key: row.partition_key.clone(),
+                future,
+            });
+        }
+    }
+
+    /// Reads the partition metadata of `topics` off the async threads.
+    async fn refresh_partitions(&self, topics: Vec<String>) {
+        let producer = self.producer();
+        let health = self.partitions.clone();
+        let refreshed = tokio::task::spawn_blocking(move || {
+            health.refresh(producer.client(), &topics, Duration::from_secs(2));
+        })
+        .await;
+        if let Err(error) = refreshed {
+            tracing::warn!(%error, "partition metadata refresh failed");
+        }
+    }
+
     async fn run_loop(&self, shutdown: &CancellationToken, wakeup: &Notify) {
         let mut idle = IdlePacer::new(self.settings.idle_poll_max());
         let mut outage = outage_backoff(&self.settings);
@@ -297,6 +485,10 @@ impl Inner {
                 Ok(outcome) => {
                     outage.reset();
                     if outcome.claimed > 0 {
+                        if outcome.claimed >= self.settings.batch_size as usize {
+                            // A full batch: there is more; wake another step to take it.
+                            wakeup.notify_one();
+                        }
                         idle.reset();
                         self.metrics.idle_wait.set(0.0);
                         continue;
@@ -345,8 +537,11 @@ impl Inner {
                     }
                 }
             }
+            // Messages whose reports are still awaited hold their keys; anything else in flight
+            // would be overtaken by a re-claim, so wait for it.
+            let unresolved = self.held.lock().expect("held lock").unresolved.len() as i32;
             let in_flight = self.producer().in_flight_count();
-            if in_flight > 0 {
+            if in_flight > unresolved {
                 tracing::debug!(in_flight, "waiting for in-flight messages");
                 continue;
             }
@@ -373,6 +568,28 @@ fn outage_backoff(settings: &Settings) -> ExponentialBackoff {
         ))
         .with_max_elapsed_time(None)
         .build()
+}
+
+/// Re-reads the partition metadata of every topic published to, every second, so a partition
+/// that lost its leader is skipped and one that got it back is used again.
+fn spawn_partition_watch(
+    inner: Arc<Inner>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let topics = inner.partitions.topics();
+            if !topics.is_empty() {
+                inner.refresh_partitions(topics).await;
+            }
+        }
+    })
 }
 
 fn spawn_stats(inner: Arc<Inner>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {

@@ -3,7 +3,7 @@ use std::net::SocketAddr;
 use sqlx::postgres::PgConnectOptions;
 use testkit::TcpProxy;
 
-use crate::helpers::{spawn_consumer, wait_until, Event, Fixture};
+use crate::helpers::{metric_gauge, spawn_consumer, wait_until, Event, Fixture};
 
 /// `url` with its host and port replaced by `addr`.
 fn through(url: &str, addr: SocketAddr) -> String {
@@ -29,6 +29,7 @@ async fn while_the_database_is_unavailable_nothing_is_dead_lettered_or_committed
     let proxy = TcpProxy::start(upstream).await.unwrap();
     let mut settings = fixture.settings();
     settings.database_url = through(&fixture.database_url, proxy.addr());
+    settings.stalled_after_secs = 1;
     let consumer = spawn_consumer(settings).await;
     let producer = fixture.producer();
 
@@ -66,6 +67,19 @@ async fn while_the_database_is_unavailable_nothing_is_dead_lettered_or_committed
     assert_eq!(fixture.committed_offsets().await, [Some(1), None]);
     assert_eq!(fixture.processed_count().await, 1);
     assert_eq!(consumer.messages("applied").await, 1);
+    // A batch retried past STALLED_AFTER_SECS is named by /readyz and shown by the gauge.
+    wait_until("readyz names the stalled batch", || async {
+        let response = consumer.get("/readyz").await;
+        response.status() == 503 && response.text().await.unwrap_or_default().contains("batch")
+    })
+    .await;
+    wait_until("the retrying gauge passes 1 s", || async {
+        metric_gauge(
+            &consumer.metrics().await,
+            "catalog_consumer_batch_retrying_seconds",
+        ) >= 1.0
+    })
+    .await;
 
     proxy.restore();
     wait_until("every message applied after the outage", || async {
@@ -73,6 +87,17 @@ async fn while_the_database_is_unavailable_nothing_is_dead_lettered_or_committed
     })
     .await;
     fixture.wait_for_committed(&[Some(11), Some(10)]).await;
+    wait_until("readyz answers 200 again", || async {
+        consumer.get("/readyz").await.status() == 200
+    })
+    .await;
+    assert_eq!(
+        metric_gauge(
+            &consumer.metrics().await,
+            "catalog_consumer_batch_retrying_seconds"
+        ),
+        0.0
+    );
     assert_eq!(fixture.stock("CATALOG-0001").await, 1000 - 1 - 10 * 2);
     assert_eq!(fixture.stock("CATALOG-0002").await, 1000 - 10 * 2);
     assert_eq!(fixture.outcomes().await.get("applied"), Some(&21));

@@ -83,6 +83,7 @@ impl Fixture {
         settings.kafka_session_timeout_ms = 6000;
         settings.retry_max_backoff_ms = 500;
         settings.test_hold_offsets = false;
+        settings.stalled_after_secs = 60;
         settings
     }
 
@@ -265,6 +266,20 @@ pub fn messages_metric(metrics: &str, result: &str) -> u64 {
         metrics,
         &format!("catalog_consumer_messages_total{{result=\"{result}\"}}"),
     )
+}
+
+/// The value of an unlabelled gauge in a `/metrics` body (0 when absent).
+pub fn metric_gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }
 
 pub fn metric_value(metrics: &str, series: &str) -> u64 {

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod audit;
 mod catalog_http;
 mod database_outage;
 mod dead_letters;
@@ -11,3 +12,4 @@ mod end_to_end;
 mod oversell;
 mod process;
 mod rebalance;
+mod stalls;

@@ -73,7 +73,8 @@ async fn concurrent_batches_racing_on_one_product_never_oversell_nor_apply_an_ev
             Some(event.headers()),
         )
     };
-    let dead_letters = DeadLetters::new(&fixture.settings().kafka, &fixture.dlq_topic).unwrap();
+    let dead_letters =
+        DeadLetters::new(&fixture.settings().kafka, &fixture.dlq_topic, 1_000_000).unwrap();
     let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
     let applier = Applier::new(fixture.pool.clone(), dead_letters, metrics);
 

@@ -126,10 +126,14 @@ fn help_lists_every_setting_with_its_environment_variable_and_default() {
         ("CONSUMER_GROUP", Some("catalog-consumer")),
         ("DLQ_TOPIC", Some("order-events.dlq")),
         ("BATCH_SIZE", Some("500")),
-        ("BATCH_WAIT_MS", Some("50")),
+        ("BATCH_WAIT_MS", Some("0")),
         ("COMMIT_INTERVAL_MS", Some("1000")),
         ("KAFKA_SESSION_TIMEOUT_MS", Some("45000")),
         ("RETRY_MAX_BACKOFF_MS", Some("5000")),
+        ("CONSUMER_INSTANCE_ID", None),
+        ("FETCH_WAIT_MAX_MS", Some("10")),
+        ("STALLED_AFTER_SECS", Some("60")),
+        ("DLQ_MESSAGE_MAX_BYTES", Some("1000000")),
     ] {
         assert!(
             help.contains(&format!("[env: {variable}")),

@@ -3,6 +3,7 @@
 
 mod helpers;
 mod outage;
+mod partitions;
 mod process;
 mod publishing;
 mod retries;

@@ -201,7 +201,7 @@ async fn a_step_holds_only_the_lane_locks_it_uses_so_other_relays_get_the_rest()
     let second_lanes = claim::lock_lanes(&mut second, 64).await.unwrap();
     assert_eq!(second_lanes.len() as i64, busy_lanes - 3);
     assert!(second_lanes.iter().all(|lane| !first_lanes.contains(lane)));
-    let rows = claim::claim_rows(&mut second, &second_lanes, 10_000)
+    let rows = claim::claim_rows(&mut second, &second_lanes, &[], 10_000)
         .await
         .unwrap();
     assert!(

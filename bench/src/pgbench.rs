@@ -1,0 +1,190 @@
+//! The ceiling of order-api: `pgbench` running the exact statement order-api runs per order, with
+//! the same number of clients, on a fresh database.
+//!
+//! [`ORDER_INSERT_SQL`] is a copy of the statement in `order-api/src/orders.rs`, kept here in
+//! one place; [`statement_matches_order_api`] tells when the two have drifted apart (the table
+//! says so).
+
+use std::{path::Path, time::Duration};
+
+use anyhow::Context;
+use outbox_core::event::{ORDER_API_SOURCE, ORDER_PLACED_TYPE};
+
+/// order-api's order + outbox statement (`orders::insert_with_event`), verbatim.
+pub const ORDER_INSERT_SQL: &str = r#"with gate as (
+             insert into idempotency_keys (idempotency_key, request, order_id)
+             select $9, $10, $1 where $9::text is not null
+             on conflict (idempotency_key) do nothing
+             returning order_id
+         ), new_order as (
+             insert into orders (order_id, user_id, product_id, quantity, unit_price, total_price, created_at)
+             select $1, $2, $3, $4, $5, $6, $7
+             where $9::text is null or exists (select 1 from gate)
+             returning order_id
+         ), new_event as (
+             insert into outbox (event_id, topic, partition_key, event_type, source, subject, payload, traceparent, created_at)
+             select $8, $11, $3, $12, $13, order_id::text, $14, $15, $7 from new_order
+             returning id
+         )
+         select count(*) as "inserted!" from new_event"#;
+
+/// What each bound parameter of [`ORDER_INSERT_SQL`] becomes in the pgbench script: random or
+/// per-client values from `\set`, the constant strings from `-D`. Run with `-M prepared`, every
+/// `:variable` is a bound parameter, as with sqlx. Ids are a per-client counter laid out like a
+/// UUIDv7 (increasing), no idempotency key (as the HTTP load sends none).
+const PARAMETERS: [(&str, &str); 15] = [
+    ("$1", "lpad(to_hex(:seq::bigint), 32, '0')::uuid"),
+    ("$2", "('user-' || :user::text)"),
+    ("$3", "('CATALOG-' || lpad(:product::text, 4, '0'))"),
+    ("$4", ":quantity::int"),
+    ("$5", ":price::bigint"),
+    ("$6", ":total::bigint"),
+    ("$7", "now()"),
+    ("$8", "lpad(to_hex(:seq::bigint), 32, '0')::uuid"),
+    ("$9", "null::text"),
+    ("$10", "null::jsonb"),
+    ("$11", ":topic"),
+    ("$12", ":event_type"),
+    ("$13", ":source"),
+    ("$14", ":payload"),
+    ("$15", ":traceparent"),
+];
+
+/// The pgbench script: variables, then the statement with its parameters replaced.
+pub fn script(products: u64) -> String {
+    let mut sql = ORDER_INSERT_SQL.replace(r#" as "inserted!""#, " as inserted");
+    // Highest first, so `$1` does not match the start of `$10`..`$15`.
+    for (placeholder, value) in PARAMETERS.iter().rev() {
+        sql = sql.replace(placeholder, value);
+    }
+    let sql = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    format!(
+        "\\set n :n + 1\n\
+         \\set seq :n * 4096 + :client_id\n\
+         \\set user random(1, 1000)\n\
+         \\set product random(1, {products})\n\
+         \\set quantity random(1, 5)\n\
+         \\set price 1500\n\
+         \\set total :quantity * :price\n\
+         {sql};\n"
+    )
+}
+
+/// The `-D` constants: a realistic payload and traceparent, the row's topic and CloudEvents type.
+fn constants(topic: &str) -> Vec<(String, String)> {
+    let payload = serde_json::json!({
+        "orderId": uuid::Uuid::now_v7(),
+        "userId": "user-17",
+        "productId": "CATALOG-0017",
+        "quantity": 3,
+        "unitPrice": 1500,
+        "totalPrice": 4500,
+        "createdAt": chrono::Utc::now(),
+    });
+    vec![
+        ("n".into(), "0".into()),
+        ("topic".into(), topic.into()),
+        ("event_type".into(), ORDER_PLACED_TYPE.into()),
+        ("source".into(), ORDER_API_SOURCE.into()),
+        ("payload".into(), payload.to_string()),
+        (
+            "traceparent".into(),
+            outbox_core::event::traceparent_for_request(None),
+        ),
+    ]
+}
+
+/// What pgbench reported.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PgbenchResult {
+    pub tps: f64,
+    pub transactions: u64,
+    pub failed: u64,
+    pub latency_avg_ms: Option<f64>,
+    pub clients: u64,
+    pub threads: u64,
+    pub seconds: u64,
+}
+
+/// Runs pgbench against `database_url` for `seconds` with `clients` clients.
+pub async fn run(
+    database_url: &str,
+    clients: u64,
+    seconds: u64,
+    products: u64,
+    topic: &str,
+    work_dir: &Path,
+) -> anyhow::Result<PgbenchResult> {
+    let script_path = work_dir.join("order-insert.pgbench");
+    tokio::fs::write(&script_path, script(products)).await?;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u64);
+    let threads = clients.min(cores).max(1);
+    let mut command = tokio::process::Command::new("pgbench");
+    command
+        .args(["--no-vacuum", "--protocol=prepared"])
+        .arg(format!("--client={clients}"))
+        .arg(format!("--jobs={threads}"))
+        .arg(format!("--time={seconds}"))
+        .arg(format!("--file={}", script_path.display()));
+    for (name, value) in constants(topic) {
+        command.arg(format!("--define={name}={value}"));
+    }
+    command.arg(database_url).kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(seconds + 120), command.output())
+        .await
+        .context("pgbench did not finish")?
+        .context("cannot run pgbench (install the PostgreSQL client tools)")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    anyhow::ensure!(
+        output.status.success(),
+        "pgbench failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    let find = |prefix: &str| {
+        stdout
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(prefix))
+            .map(str::trim)
+    };
+    let number = |text: Option<&str>| {
+        text.and_then(|t| t.split_whitespace().next())
+            .and_then(|t| t.parse::<f64>().ok())
+    };
+    let tps =
+        number(find("tps =")).with_context(|| format!("no tps in pgbench output:\n{stdout}"))?;
+    Ok(PgbenchResult {
+        tps,
+        transactions: number(find("number of transactions actually processed:")).unwrap_or(0.0)
+            as u64,
+        failed: number(find("number of failed transactions:")).unwrap_or(0.0) as u64,
+        latency_avg_ms: number(find("latency average =")),
+        clients,
+        threads,
+        seconds,
+    })
+}
+
+/// Whether [`ORDER_INSERT_SQL`] is still the statement in `order-api/src/orders.rs` (compared
+/// without whitespace differences). `None` when that statement cannot be found there.
+pub fn statement_matches_order_api() -> Option<bool> {
+    let source = include_str!("../../order-api/src/orders.rs");
+    let start = source.find("query_scalar!(")?;
+    let rest = &source[start..];
+    let open = rest.find("r#\"")? + 3;
+    let close = rest[open..].find("\"#")? + open;
+    let normalize = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    Some(normalize(&rest[open..close]) == normalize(ORDER_INSERT_SQL))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_parameter_is_replaced_in_the_script() {
+        let script = script(1000);
+        assert!(!script.contains('$'), "{script}");
+        assert!(script.contains(":seq::bigint"));
+    }
+}
