@@ -137,7 +137,8 @@ kafka_up() {
   log "starting nisshi on $broker, $BROKER_STORAGE storage (log: $STATE_DIR/nisshi.log)"
   (
     cd "$STATE_DIR/broker"
-    exec nohup "$NISSHI" broker \
+    # Its info level logs every storage maintenance step; warnings are what an operator needs.
+    RUST_LOG=${NISSHI_LOG:-warn} exec nohup "$NISSHI" broker \
       --listener-url "tcp://$broker" \
       --advertised-listener-url "tcp://$broker" \
       --storage-engine "$url" \
@@ -147,7 +148,8 @@ kafka_up() {
   echo "$BROKER_STORAGE" >"$NISSHI_STORAGE_FILE"
   for _ in $(seq 1 300); do
     answers "$broker" && break
-    nisshi_running || die "nisshi exited; see $STATE_DIR/nisshi.log"
+    # kill -0 only: until the subshell has exec'ed, the process is not named nisshi yet.
+    kill -0 "$(cat "$NISSHI_PID")" 2>/dev/null || die "nisshi exited; see $STATE_DIR/nisshi.log"
     sleep 0.1
   done
   answers "$broker" || die "nisshi did not start listening on $broker; see $STATE_DIR/nisshi.log"

@@ -5,6 +5,7 @@
 //! changed stock exactly once, and each product's events must be on the topic in the order the
 //! clients saw the orders accepted.
 
+mod diagnose;
 mod faults;
 mod load;
 mod processes;
@@ -116,6 +117,7 @@ impl System {
                     // Fewer lanes per step than products: both relays hold lanes at once.
                     ("MAX_LANES_PER_BATCH", "4".into()),
                     ("OUTAGE_BACKOFF_MAX_MS", "1000".into()),
+                    ("RUST_LOG", "warn,outbox_relay=info".into()),
                 ],
             };
             Service::start(spec, dir, port)
@@ -140,6 +142,8 @@ impl System {
                     ("CONSUMER_INSTANCE_ID", name.into()),
                     ("SKIP_MIGRATIONS", "true".into()),
                     ("RETRY_MAX_BACKOFF_MS", "1000".into()),
+                    // Rebalances ("partitions revoked"/"partitions assigned") in the logs.
+                    ("RUST_LOG", "warn,catalog_consumer=info".into()),
                 ],
             };
             Service::start(spec, dir, port)
@@ -258,7 +262,16 @@ async fn under_load_crashes_and_pauses_every_accepted_order_changes_stock_once_a
     );
 
     let load = Load::new(&system.order_api.address);
-    let fault_log = Arc::new(FaultLog::new(Instant::now()));
+    let load_started = Instant::now();
+    let group_monitor = diagnose::GroupMonitor::start(
+        &brokers,
+        &setup.group,
+        TOPIC,
+        PARTITIONS,
+        &dir,
+        load_started,
+    );
+    let fault_log = Arc::new(FaultLog::new(load_started));
     let fault_schedule = tokio::spawn({
         let (system, fault_log) = (system.clone(), fault_log.clone());
         async move { faults::run(&system, &fault_log).await }
@@ -323,23 +336,42 @@ async fn under_load_crashes_and_pauses_every_accepted_order_changes_stock_once_a
         }
         // Where the unapplied events are: on the topic (the consumer side lost them) or not
         // (the relay side did).
-        let on_topic: Vec<(Uuid, i32, i64)> =
+        drop(group_monitor);
+        let offsets = diagnose::offsets_report(&brokers, &setup.group, TOPIC, PARTITIONS).await;
+        let published =
             topic::read_to_high_watermarks(&brokers, TOPIC, PARTITIONS, Duration::from_secs(30))
-                .await
-                .map(|published| {
-                    published
-                        .iter()
-                        .filter(|p| unapplied.contains(&p.order_id))
-                        .map(|p| (p.order_id, p.partition, p.offset))
-                        .collect()
-                })
-                .unwrap_or_default();
+                .await;
+        let on_topic: Vec<(Uuid, i32, i64)> = published
+            .as_ref()
+            .map(|published| {
+                published
+                    .iter()
+                    .filter(|p| unapplied.contains(&p.order_id))
+                    .map(|p| (p.order_id, p.partition, p.offset))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let where_unapplied = match &published {
+            Ok(published) => {
+                diagnose::unapplied_report(&dir, published, &catalog_pool, &accepted, load_started)
+                    .await
+            }
+            Err(error) => format!("cannot read the topic: {error:#}"),
+        };
+        let outbox_left: i64 = sqlx::query_scalar("select count(*) from outbox")
+            .fetch_one(&system.orders_pool)
+            .await
+            .unwrap_or(-1);
         system.consumer_1.process().assert_running();
         panic!(
             "{} of {expected} accepted orders applied {CONVERGENCE_DEADLINE:?} after the final \
              kill; unapplied per product: {missing:?}; their copies on the topic (order, \
-             partition, offset): {on_topic:?}. Were the dead consumer's partitions reassigned?",
-            applied.len()
+             partition, offset): {on_topic:?}. Were the dead consumer's partitions reassigned?\n\
+             group: {offsets}\noutbox rows left: {outbox_left}\nunapplied on the topic:\n\
+             {where_unapplied}logs, topic.tsv, processed.tsv, accepted.tsv and \
+             group-monitor.log in {}",
+            applied.len(),
+            dir.display()
         );
     }
     let time_to_converge = killed_at.elapsed();
@@ -476,6 +508,7 @@ async fn under_load_crashes_and_pauses_every_accepted_order_changes_stock_once_a
     );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 
+    drop(group_monitor);
     drop(logs_on_failure);
     drop(system);
     let _ = std::fs::remove_dir_all(&dir);
