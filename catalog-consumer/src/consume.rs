@@ -10,7 +10,10 @@
 //! no-op (see `stock`).
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -27,18 +30,31 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     batch::{Applier, Batch, Report},
+    gaps::{Contiguity, Gap},
     metrics::Metrics,
     Settings,
 };
 
 /// The consumer's context: commits what was stored before partitions are taken away, so the
-/// next owner starts after everything this one applied.
-pub struct GroupContext;
+/// next owner starts after everything this one applied; counts assignment changes, so the loop
+/// knows when a partition's next offset may legitimately jump.
+#[derive(Default)]
+pub struct GroupContext {
+    rebalances: AtomicU64,
+}
+
+impl GroupContext {
+    /// How many assignment changes this member has seen.
+    pub fn rebalances(&self) -> u64 {
+        self.rebalances.load(Ordering::SeqCst)
+    }
+}
 
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
         if let Rebalance::Revoke(partitions) = rebalance {
             tracing::info!(partitions = partitions.count(), "partitions revoked");
             commit_stored(consumer);
@@ -46,6 +62,7 @@ impl ConsumerContext for GroupContext {
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
         if let Rebalance::Assign(partitions) = rebalance {
             tracing::info!(partitions = partitions.count(), "partitions assigned");
         }
@@ -85,7 +102,7 @@ pub fn subscribe(settings: &Settings) -> anyhow::Result<GroupConsumer> {
             "session.timeout.ms",
             settings.kafka_session_timeout_ms.to_string(),
         )
-        .create_with_context(GroupContext)?;
+        .create_with_context(GroupContext::default())?;
     consumer.subscribe(&[&settings.order_events_topic])?;
     Ok(consumer)
 }
@@ -136,7 +153,18 @@ impl ConsumeLoop {
     /// database is down: then it stays unapplied and unstored, for redelivery), commits the
     /// stored offsets and leaves the group.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut contiguity = Contiguity::default();
+        let mut rebalances = self.consumer.context().rebalances();
         while let Some(messages) = self.next_batch(&shutdown).await {
+            let now = self.consumer.context().rebalances();
+            if now != rebalances {
+                contiguity.reset();
+                rebalances = now;
+            }
+            let messages = self.close_gaps(&mut contiguity, messages);
+            if messages.is_empty() {
+                continue;
+            }
             let mut batch = Batch::new(messages);
             let Some(report) = self.apply_until_done(&mut batch, &shutdown).await else {
                 tracing::warn!(
@@ -215,6 +243,74 @@ impl ConsumeLoop {
             }
         }
         Some(messages)
+    }
+
+    /// Cuts each partition's messages at an offset gap and fetches the partition again from the
+    /// missing offset (see [`crate::gaps`]).
+    fn close_gaps(
+        &self,
+        contiguity: &mut Contiguity,
+        messages: Vec<rdkafka::message::OwnedMessage>,
+    ) -> Vec<rdkafka::message::OwnedMessage> {
+        use rdkafka::Message;
+        let positions: Vec<(&str, i32, i64)> = messages
+            .iter()
+            .map(|m| (m.topic(), m.partition(), m.offset()))
+            .collect();
+        let (keep, gaps) = contiguity.check(&positions, Instant::now());
+        for gap in gaps {
+            match gap {
+                Gap::Refetch {
+                    topic,
+                    partition,
+                    expected,
+                    found,
+                } => {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        expected,
+                        found,
+                        "the broker served an offset gap; fetching the partition again from the missing offset"
+                    );
+                    self.metrics
+                        .offset_gaps
+                        .with_label_values(&["refetched"])
+                        .inc();
+                    if let Err(error) = self.consumer.seek(
+                        &topic,
+                        partition,
+                        Offset::Offset(expected),
+                        Duration::from_secs(1),
+                    ) {
+                        tracing::warn!(%error, topic, partition, "cannot seek back to the gap");
+                    }
+                }
+                Gap::Accepted {
+                    topic,
+                    partition,
+                    expected,
+                    found,
+                } => {
+                    tracing::error!(
+                        topic,
+                        partition,
+                        expected,
+                        found,
+                        "offsets stayed missing after re-fetching (compaction or transaction markers?); skipping them"
+                    );
+                    self.metrics
+                        .offset_gaps
+                        .with_label_values(&["accepted"])
+                        .inc();
+                }
+            }
+        }
+        messages
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(message, keep)| keep.then_some(message))
+            .collect()
     }
 
     /// Retries the batch with backoff until it is done; `None` when shutdown came first.

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod consume;
 pub mod decode;
 pub mod dlq;
+pub mod gaps;
 mod metrics;
 mod routes;
 pub mod stock;

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub batch_retrying_seconds: Gauge,
     /// Dead letters the dead-letter topic refused, kept in the `dead_letters` table.
     pub dead_letters_kept: IntCounter,
+    /// By `result`: refetched, accepted. Offset gaps the broker served.
+    pub offset_gaps: IntCounterVec,
 }
 
 impl Metrics {
@@ -80,7 +82,17 @@ impl Metrics {
                 "catalog_consumer_dead_letters_kept_total",
                 "Dead letters the dead-letter topic refused, kept in the catalog database's dead_letters table.",
             )?,
+            offset_gaps: IntCounterVec::new(
+                Opts::new(
+                    "catalog_consumer_offset_gaps_total",
+                    "Offset gaps the broker served, by result: refetched (fetched again from the missing offset), accepted (still missing after re-fetching).",
+                ),
+                &["result"],
+            )?,
         };
+        for result in ["refetched", "accepted"] {
+            metrics.offset_gaps.with_label_values(&[result]);
+        }
         for outcome in Outcome::ALL {
             metrics.messages.with_label_values(&[outcome.as_str()]);
         }
@@ -96,6 +108,7 @@ impl Metrics {
         registry.register(Box::new(metrics.commit_to_applied_seconds.clone()))?;
         registry.register(Box::new(metrics.batch_retrying_seconds.clone()))?;
         registry.register(Box::new(metrics.dead_letters_kept.clone()))?;
+        registry.register(Box::new(metrics.offset_gaps.clone()))?;
         Ok(metrics)
     }
 }
