@@ -32,16 +32,17 @@ pub struct Status {
 pub async fn status<'e>(executor: impl PgExecutor<'e>) -> Result<Status, sqlx::Error> {
     sqlx::query_as!(
         Status,
-        r#"with rows as (
+        r#"with blockers as materialized (
+             -- The first dead or parked row of each key: every later row of the key is held.
+             select partition_key, min(id) as first_id
+               from outbox
+              where state in ('dead', 'parked')
+              group by partition_key
+         ), rows as (
              select o.state, o.created_at,
-                    case when o.state = 'pending' then exists (
-                        select 1 from outbox b
-                         where b.partition_key = o.partition_key
-                           and b.id < o.id
-                           and (b.state <> 'pending' or b.attempts > 0)
-                           and b.state in ('dead', 'parked'))
-                    else false end as held
+                    (o.state = 'pending' and o.id > b.first_id) is true as held
                from outbox o
+               left join blockers b on b.partition_key = o.partition_key
          )
          select count(*) filter (where state = 'pending' and not held) as "pending!",
                 count(*) filter (where state = 'dead') as "dead!",

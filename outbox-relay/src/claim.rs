@@ -57,6 +57,11 @@ impl ClaimedRow {
 /// Lanes another relay holds are skipped (never waited for); candidates are tried in random
 /// order so several relays spread over the lanes.
 ///
+/// Each candidate check walks the lane's pending-rows index (`order by o.id` makes the planner
+/// use it): a sequential scan would read every row deleted since the last vacuum at the head of
+/// the table, 64 times per step, which cost more than everything else the relay does during a
+/// drain (84 µs of database CPU per published row, against 5 µs for the claim and delete).
+///
 /// The candidates are materialized before the lock function runs: left to itself the planner
 /// pushes the lock condition down to the lane series and locks all 64 lanes before the limit,
 /// and one relay then starves the others. Each candidate check is a one-row index probe.
@@ -73,6 +78,7 @@ pub async fn lock_lanes(conn: &mut PgConnection, max_lanes: i64) -> Result<Vec<i
                       where o.lane = l.lane
                         and o.state = 'pending'
                         and o.next_attempt_at <= clock_timestamp()
+                      order by o.id
                       limit 1)
               order by random()
          )

@@ -249,6 +249,10 @@ impl Broker {
         let port = free_port();
         let address = format!("127.0.0.1:{port}");
         let url = format!("tcp://{address}");
+        // Diagnostics: CHAOS_NISSHI_STORAGE picks another storage engine (e.g.
+        // `sqlite://nisshi.db`, relative to the test directory); in-memory by default.
+        let storage =
+            std::env::var("CHAOS_NISSHI_STORAGE").unwrap_or_else(|_| "memory://nisshi/".into());
         let spec = Spec {
             name: "nisshi",
             program: nisshi.to_owned(),
@@ -259,7 +263,7 @@ impl Broker {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                "memory://nisshi/",
+                &storage,
             ]
             .map(String::from)
             .to_vec(),
