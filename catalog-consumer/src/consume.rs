@@ -41,12 +41,20 @@ use crate::{
 #[derive(Default)]
 pub struct GroupContext {
     rebalances: AtomicU64,
+    /// The committed offset of each partition at its last assignment: where its next message
+    /// must start, so a gap in the very first fetch is seen too.
+    assigned_at: Mutex<Vec<(String, i32, i64)>>,
 }
 
 impl GroupContext {
     /// How many assignment changes this member has seen.
     pub fn rebalances(&self) -> u64 {
         self.rebalances.load(Ordering::SeqCst)
+    }
+
+    /// The committed offsets of the partitions at their last assignment.
+    pub fn assigned_at(&self) -> Vec<(String, i32, i64)> {
+        self.assigned_at.lock().expect("assignment lock").clone()
     }
 }
 
@@ -61,11 +69,29 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.rebalances.fetch_add(1, Ordering::SeqCst);
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(partitions) = rebalance {
             tracing::info!(partitions = partitions.count(), "partitions assigned");
+            let committed = consumer
+                .committed_offsets((*partitions).clone(), Duration::from_secs(10))
+                .map(|list| {
+                    list.elements()
+                        .iter()
+                        .filter_map(|e| match e.offset() {
+                            Offset::Offset(offset) => {
+                                Some((e.topic().to_owned(), e.partition(), offset))
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%error, "cannot read the committed offsets of the assignment");
+                    Vec::new()
+                });
+            *self.assigned_at.lock().expect("assignment lock") = committed;
         }
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -159,6 +185,9 @@ impl ConsumeLoop {
             let now = self.consumer.context().rebalances();
             if now != rebalances {
                 contiguity.reset();
+                for (topic, partition, offset) in self.consumer.context().assigned_at() {
+                    contiguity.expect(&topic, partition, offset);
+                }
                 rebalances = now;
             }
             let messages = self.close_gaps(&mut contiguity, messages);

@@ -53,6 +53,12 @@ impl Contiguity {
         self.open.clear();
     }
 
+    /// Sets where a partition's next message must start (its committed offset when it was
+    /// assigned).
+    pub fn expect(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.next.insert((topic.to_owned(), partition), offset);
+    }
+
     /// Checks a batch's (topic, partition, offset) in consumed order; returns which messages to
     /// keep (a message is dropped when it or an earlier one of its partition is past a gap) and
     /// the gaps found. Positions advance only over kept messages. A message before the expected
@@ -150,6 +156,22 @@ mod tests {
             [Gap::Accepted {
                 expected: 2,
                 found: 3,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_gap_in_the_first_fetch_after_an_assignment_is_seen() {
+        let mut contiguity = Contiguity::default();
+        contiguity.expect("t", 0, 100);
+        let (keep, gaps) = contiguity.check(&[("t", 0, 104)], Instant::now());
+        assert_eq!(keep, [false]);
+        assert!(matches!(
+            gaps[..],
+            [Gap::Refetch {
+                expected: 100,
+                found: 104,
                 ..
             }]
         ));

@@ -490,6 +490,23 @@ async fn under_load_crashes_and_pauses_every_accepted_order_changes_stock_once_a
         ));
     }
 
+    // How often the surviving consumer found a gap the broker served (and fetched it again).
+    let gaps = match reqwest::Client::new()
+        .get(format!("{}/metrics", system.consumer_1.address))
+        .send()
+        .await
+    {
+        Ok(response) => response
+            .text()
+            .await
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("catalog_consumer_offset_gaps_total"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(error) => format!("unknown ({error})"),
+    };
+    eprintln!("[chaos] surviving consumer's offset gaps: {gaps}");
     eprintln!(
         "[chaos] summary: {offered} orders offered at {ORDERS_PER_SECOND}/s over {LOAD_PERIOD:?} \
          (+{} after the final kill), {} accepted; retries {}; {} faults injected ({}; {terminated} \
