@@ -18,14 +18,15 @@ mkdir -p "$LOG_DIR"
 
 log() { printf '[run] %s\n' "$*" >&2; }
 
-broker_started_here=false
-if [ ! -f .local/nisshi.pid ] || ! kill -0 "$(cat .local/nisshi.pid)" 2>/dev/null; then
-  broker_started_here=true
-fi
+pid_before=$(cat .local/nisshi.pid 2>/dev/null || true)
 # Durable broker storage (under .local/broker/): events published but not yet consumed when
-# this script stops are still there at the next start.
+# this script stops are still there at the next start. (A memory broker left by the tests is
+# restarted with durable storage.)
 BROKER_STORAGE=durable scripts/infra.sh up
-if $broker_started_here && [ ! -f .local/nisshi.pid ]; then broker_started_here=false; fi
+pid_after=$(cat .local/nisshi.pid 2>/dev/null || true)
+# Stop at exit the broker this run started (or restarted), and only that one.
+broker_started_here=false
+if [ -n "$pid_after" ] && [ "$pid_after" != "$pid_before" ]; then broker_started_here=true; fi
 
 log "building the services ($PROFILE)"
 # The checked queries compile against the committed offline data, whatever DATABASE_URL says.

@@ -313,6 +313,7 @@ impl ConsumeLoop {
                         Duration::from_secs(1),
                     ) {
                         tracing::warn!(%error, topic, partition, "cannot seek back to the gap");
+                        contiguity.refetch_failed(&topic, partition, expected);
                     }
                 }
                 Gap::Accepted {

@@ -59,6 +59,12 @@ impl Contiguity {
         self.next.insert((topic.to_owned(), partition), offset);
     }
 
+    /// The re-fetch of a gap could not be asked for: its grace period starts again, so a gap is
+    /// only ever accepted after re-fetching it for [`ACCEPT_AFTER`].
+    pub fn refetch_failed(&mut self, topic: &str, partition: i32, expected: i64) {
+        self.open.remove(&(topic.to_owned(), partition, expected));
+    }
+
     /// Checks a batch's (topic, partition, offset) in consumed order; returns which messages to
     /// keep (a message is dropped when it or an earlier one of its partition is past a gap) and
     /// the gaps found. Positions advance only over kept messages. A message before the expected

@@ -80,7 +80,7 @@ impl Metrics {
             )?,
             paused: IntGauge::new(
                 "outbox_relay_paused",
-                "1 while the relay waits for the broker or the database to come back.",
+                "Steps waiting for the broker or the database to come back (0 while publishing normally).",
             )?,
             idle_wait: Gauge::new(
                 "outbox_relay_idle_wait_seconds",

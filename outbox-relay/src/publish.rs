@@ -141,6 +141,9 @@ pub async fn publish(
             Err((error, _)) => {
                 if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
                     // The rest were not attempted; they are claimed again once the queue drains.
+                    // Reported as a failure about the broker, so a batch that sent nothing
+                    // pauses the step instead of claiming again at once.
+                    deliveries[index] = Delivery::Failed(Failure::from_kafka(&error));
                     break;
                 }
                 deliveries[index] = Delivery::Failed(Failure::from_kafka(&error));

@@ -255,10 +255,14 @@ impl Inner {
         )
         .fetch_one(&mut *tx)
         .await?;
-        let (resolved, held_keys) = self.resolve_held();
         let lanes =
             claim::lock_lanes(&mut tx, i64::from(settings.max_lanes_per_batch.max(1))).await?;
         tracing::debug!(?lanes, "lanes locked");
+        // After the lanes are locked: a step that held a key commits (and frees its lane) only
+        // after recording it, so a lock taken now sees every key held for it.
+        let (resolved, held_keys) = self.resolve_held();
+        // Deleted before the claim, so this step cannot claim them again.
+        let resolved_published = claim::delete_published(&mut tx, &resolved).await?;
         if lanes.is_empty() && resolved.is_empty() {
             tx.commit().await?;
             return Ok(BatchOutcome::default());
@@ -277,7 +281,7 @@ impl Inner {
         let span = tracing::Span::current();
         span.record("claimed", rows.len());
         if rows.is_empty() {
-            let published = claim::delete_published(&mut tx, &resolved).await?;
+            let published = resolved_published;
             tx.commit().await?;
             self.metrics.published.inc_by(published);
             return Ok(BatchOutcome {
@@ -314,9 +318,8 @@ impl Inner {
             std::future::pending::<()>().await;
         }
 
-        let mut to_delete = settlement.published.clone();
-        to_delete.extend_from_slice(&resolved);
-        let published = claim::delete_published(&mut tx, &to_delete).await?;
+        let published =
+            claim::delete_published(&mut tx, &settlement.published).await? + resolved_published;
         let recorded = retry::record_failures(&mut tx, &self.retry, &settlement.failed).await?;
         tx.commit().await?;
         span.record("published", published);
@@ -369,18 +372,34 @@ impl Inner {
 
     /// Collects the delivery reports that arrived since the last step: the ids acknowledged (to
     /// delete now), and the keys still held (unresolved deliveries, unavailable partitions).
+    ///
+    /// The per-key rule of [`publish::settle`] holds here too: an acknowledged row is deleted
+    /// only when every earlier unresolved row of its key was acknowledged; otherwise it stays
+    /// pending and is published again after them.
     fn resolve_held(&self) -> (Vec<i64>, Vec<String>) {
         let mut held = self.held.lock().expect("held lock");
         let mut acked = Vec::new();
         let mut still = Vec::with_capacity(held.unresolved.len());
+        let mut broken: std::collections::HashSet<String> = std::collections::HashSet::new();
         for mut entry in std::mem::take(&mut held.unresolved) {
+            let earlier_all_acked = !broken.contains(&entry.key);
             match (&mut entry.future).now_or_never() {
-                None => still.push(entry),
+                None => {
+                    broken.insert(entry.key.clone());
+                    still.push(entry);
+                }
                 Some(report) => match publish::delivery_of(report) {
-                    Delivery::Acked(_) => acked.push(entry.id),
+                    Delivery::Acked(_) if earlier_all_acked => acked.push(entry.id),
+                    Delivery::Acked(_) => {
+                        tracing::debug!(
+                            id = entry.id,
+                            "acknowledged behind an unacknowledged row of its key; kept"
+                        );
+                    }
                     // Still pending in the table, and the key is free again: claimed and sent
                     // again, in order, by the next step that finds its partition available.
                     other => {
+                        broken.insert(entry.key.clone());
                         tracing::debug!(id = entry.id, ?other, "late delivery failed");
                         if let Some(p) = self.partitions.partition(&entry.topic, &entry.key) {
                             self.partitions.suspect(&entry.topic, p);
@@ -503,17 +522,17 @@ impl Inner {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "publishing paused; retrying when the dependency answers");
-                    self.metrics.paused.set(1);
+                    self.metrics.paused.inc();
                     self.wait_until_publishable(&mut outage, shutdown).await;
-                    self.metrics.paused.set(0);
+                    self.metrics.paused.dec();
                     idle.reset();
                 }
             }
         }
     }
 
-    /// Waits, with backoff and without giving up, until the producer has nothing in flight (so a
-    /// re-claim cannot overtake a late delivery), the broker answers and the database answers.
+    /// Waits, with backoff and without giving up, until the broker answers and the database
+    /// answers (a late delivery cannot be overtaken: its key stays held until its report).
     async fn wait_until_publishable(
         &self,
         outage: &mut ExponentialBackoff,
@@ -537,14 +556,8 @@ impl Inner {
                     }
                 }
             }
-            // Messages whose reports are still awaited hold their keys; anything else in flight
-            // would be overtaken by a re-claim, so wait for it.
-            let unresolved = self.held.lock().expect("held lock").unresolved.len() as i32;
-            let in_flight = self.producer().in_flight_count();
-            if in_flight > unresolved {
-                tracing::debug!(in_flight, "waiting for in-flight messages");
-                continue;
-            }
+            // No wait for messages in flight: a message without its report holds its key (see
+            // `resolve_held`), and other steps' messages are on lanes those steps hold.
             if let Err(error) = self.broker.run().await {
                 tracing::debug!(%error, "broker not answering");
                 continue;
