@@ -12,7 +12,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use crate::{AdminSettings, RequeueArgs};
+use crate::{AdminSettings, DeadArgs, RequeueArgs};
 
 /// What `outbox-relay status` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -56,6 +56,37 @@ pub async fn status<'e>(executor: impl PgExecutor<'e>) -> Result<Status, sqlx::E
     .await
 }
 
+/// One dead row, as `outbox-relay dead` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadRow {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub partition_key: String,
+    pub attempts: i32,
+    pub age_seconds: f64,
+    pub last_error: Option<String>,
+}
+
+/// The oldest `limit` dead rows, oldest first (served by the blocking-rows partial index).
+pub async fn dead_rows<'e>(
+    executor: impl PgExecutor<'e>,
+    limit: i64,
+) -> Result<Vec<DeadRow>, sqlx::Error> {
+    sqlx::query_as!(
+        DeadRow,
+        r#"select id, event_id, partition_key, attempts,
+                  extract(epoch from now() - created_at)::float8 as "age_seconds!",
+                  last_error
+             from outbox
+            where state = 'dead' and (state <> 'pending' or attempts > 0)
+            order by id
+            limit $1"#,
+        limit
+    )
+    .fetch_all(executor)
+    .await
+}
+
 /// Puts every dead and parked row back to pending with its attempts reset; returns how many.
 pub async fn requeue_dead<'e>(executor: impl PgExecutor<'e>) -> Result<u64, sqlx::Error> {
     let requeued = sqlx::query!(
@@ -95,6 +126,19 @@ pub async fn print_status(settings: &AdminSettings) -> anyhow::Result<()> {
     let pool = connect(settings).await?;
     let status = status(&pool).await.context("cannot read the outbox")?;
     println!("{}", serde_json::to_string(&status)?);
+    Ok(())
+}
+
+/// `outbox-relay dead`: prints one JSON object per line for each dead row (key, attempts, age,
+/// last error), oldest first, at most `limit`.
+pub async fn print_dead(args: &DeadArgs) -> anyhow::Result<()> {
+    let pool = connect(&args.admin).await?;
+    let rows = dead_rows(&pool, args.limit)
+        .await
+        .context("cannot read the outbox")?;
+    for row in rows {
+        println!("{}", serde_json::to_string(&row)?);
+    }
     Ok(())
 }
 

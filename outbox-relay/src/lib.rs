@@ -56,6 +56,9 @@ pub enum Command {
     Status(AdminSettings),
     /// Put dead rows (and the rows parked behind them) back to pending, in order.
     Requeue(RequeueArgs),
+    /// List dead rows, oldest first, one JSON object per line: id, event_id, partition_key,
+    /// attempts, age_seconds, last_error.
+    Dead(DeadArgs),
 }
 
 /// How the relay runs: flags, each with an environment variable behind it.
@@ -162,6 +165,16 @@ pub struct AdminSettings {
     /// PostgreSQL URL of the orders database.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
+}
+
+/// What `dead` lists.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeadArgs {
+    #[command(flatten)]
+    pub admin: AdminSettings,
+    /// Most rows listed.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub limit: i64,
 }
 
 /// Which rows `requeue` puts back.

@@ -14,5 +14,6 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Status(admin) => outbox_relay::admin::print_status(&admin).await,
         Command::Requeue(args) => outbox_relay::admin::print_requeue(&args).await,
+        Command::Dead(args) => outbox_relay::admin::print_dead(&args).await,
     }
 }

@@ -142,8 +142,11 @@ impl Relay {
         let database = Check::postgres(pool.clone());
         let broker = Check::kafka(&settings.kafka.client_config())?;
         let ops = Ops::new(registry, vec![database.clone(), broker.clone()]);
+        let status_pool = actix_web::web::Data::new(pool.clone());
         let server = HttpServer::new(move || {
             App::new()
+                .app_data(status_pool.clone())
+                .route("/status", actix_web::web::get().to(status_route))
                 .configure(|cfg| ops.configure(cfg))
                 .default_service(actix_web::web::to(ops::not_found))
         })
@@ -581,6 +584,21 @@ fn outage_backoff(settings: &Settings) -> ExponentialBackoff {
         ))
         .with_max_elapsed_time(None)
         .build()
+}
+
+/// `GET /status`: what `outbox-relay status` prints.
+async fn status_route(pool: actix_web::web::Data<PgPool>) -> actix_web::HttpResponse {
+    match admin::status(pool.get_ref()).await {
+        Ok(status) => actix_web::HttpResponse::Ok().json(status),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the outbox status");
+            ops::error_response(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "the orders database is not reachable",
+            )
+        }
+    }
 }
 
 /// Re-reads the partition metadata of every topic published to, every second, so a partition

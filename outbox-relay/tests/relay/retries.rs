@@ -116,6 +116,34 @@ async fn an_oversized_message_dies_after_its_attempts_parks_its_key_and_requeue_
     assert_eq!(status["parked"], 3, "{status}");
     assert!(status["oldest_pending_age_seconds"].is_number(), "{status}");
 
+    // The operator's view without SQL: the dead row with its key, attempts, age and error; and
+    // the same status on the relay's HTTP port.
+    let (exit, stdout) = run_cli(&env.database_url, &["dead", "--limit", "5"]).await;
+    assert!(exit.success(), "dead failed: {stdout}");
+    let dead: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(dead.len(), 1, "{stdout}");
+    assert_eq!(dead[0]["partition_key"], "big", "{stdout}");
+    assert_eq!(dead[0]["attempts"], 3, "{stdout}");
+    assert!(
+        dead[0]["age_seconds"]
+            .as_f64()
+            .is_some_and(|age| age >= 0.0),
+        "{stdout}"
+    );
+    assert!(
+        dead[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.to_lowercase().contains("too large")),
+        "{stdout}"
+    );
+    let served = relay.get("/status").await;
+    assert_eq!(served.status(), 200);
+    let served: serde_json::Value = served.json().await.expect("status JSON");
+    assert_eq!(served, status, "GET /status answers what `status` prints");
+
     // The cause is fixed (the limit raised); requeue puts the rows back in order.
     relay.stop().await;
     let relay = env.spawn_relay(&[]).await;
