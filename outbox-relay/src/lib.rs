@@ -65,7 +65,7 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "outbox-relay", args_override_self = true)]
 pub struct Settings {
-    /// Address to serve /healthz, /readyz and /metrics on (port 0 picks a free port).
+    /// Address to serve /healthz, /readyz, /metrics and /status on (port 0 picks a free port).
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8082")]
     pub http_addr: String,
     /// PostgreSQL URL of the orders database.
