@@ -86,7 +86,7 @@ impl Infra {
 
     /// The admin URL with its database replaced by `database`.
     pub fn url_of(&self, database: &str) -> String {
-        with_database(&self.admin_url, database)
+        testkit::with_database(&self.admin_url, database)
     }
 
     /// Transactions committed in `database` so far (PostgreSQL's statistics, which lag a
@@ -277,23 +277,6 @@ impl Infra {
             "kafka_brokers": self.brokers,
             "broker": Self::broker_process_name(),
         })
-    }
-}
-
-/// `url` with its database replaced by `database`.
-pub fn with_database(url: &str, database: &str) -> String {
-    let (without_query, query) = match url.split_once('?') {
-        Some((head, query)) => (head, Some(query)),
-        None => (url, None),
-    };
-    let scheme_end = without_query.find("://").map_or(0, |i| i + 3);
-    let base = match without_query[scheme_end..].find('/') {
-        Some(slash) => &without_query[..scheme_end + slash],
-        None => without_query,
-    };
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
     }
 }
 

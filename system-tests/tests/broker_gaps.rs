@@ -6,12 +6,12 @@
 
 use std::{
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use chrono::Utc;
@@ -23,49 +23,9 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
     ClientConfig,
 };
+use system_tests::{free_port, nisshi, workspace_binary, KillOnDrop};
 use testkit::eventually;
 use uuid::Uuid;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// A binary of this workspace, built by `cargo build --workspace --bins` next to this test.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run cargo build --workspace --bins",
-        path.display()
-    );
-    path
-}
-
-fn nisshi() -> PathBuf {
-    std::env::var_os("NISSHI_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME"))
-                .join(".cache/outbox-nisshi/bin/nisshi")
-        })
-}
 
 fn event(product: &str) -> (Vec<u8>, rdkafka::message::OwnedHeaders) {
     let time = Utc::now();
@@ -112,7 +72,7 @@ async fn events_of_concurrent_producers_on_one_partition_are_all_applied_despite
     std::fs::create_dir_all(&dir).expect("temp dir");
     let address = format!("127.0.0.1:{}", free_port());
     let url = format!("tcp://{address}");
-    let _broker = Killed(
+    let _broker = KillOnDrop(
         Command::new(nisshi())
             .args([
                 "broker",
@@ -152,8 +112,8 @@ async fn events_of_concurrent_producers_on_one_partition_are_all_applied_despite
     .expect("seed");
 
     let port = free_port();
-    let _consumer = Killed(
-        Command::new(binary("catalog-consumer"))
+    let _consumer = KillOnDrop(
+        Command::new(workspace_binary("catalog-consumer"))
             .env_clear()
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("DATABASE_URL", &catalog_url)
@@ -212,10 +172,8 @@ async fn events_of_concurrent_producers_on_one_partition_are_all_applied_despite
             })
         })
         .collect();
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(15) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // The load period itself, not a wait for a condition.
+    tokio::time::sleep(Duration::from_secs(15)).await;
     stop.store(true, Ordering::SeqCst);
     for producer in producers {
         producer.await.expect("producer task");

@@ -13,23 +13,8 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
     ClientConfig, Message,
 };
+use system_tests::{free_port, nisshi};
 use testkit::eventually;
-
-/// The pinned nisshi that `scripts/infra.sh` installs.
-fn nisshi() -> PathBuf {
-    let path = std::env::var_os("NISSHI_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME"))
-                .join(".cache/outbox-nisshi/bin/nisshi")
-        });
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/infra.sh install-broker",
-        path.display()
-    );
-    path
-}
 
 struct Broker(Child);
 
@@ -108,10 +93,7 @@ fn read(consumer: &BaseConsumer, count: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_published_before_a_durable_broker_restart_are_consumed_after_it() {
     let dir = tempdir();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = free_port();
     let address = format!("127.0.0.1:{port}");
     let broker = Broker::start(&dir, &address).await;
     testkit::create_topic(&address, "order-events", 6)

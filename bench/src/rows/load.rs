@@ -158,7 +158,6 @@ pub async fn open_loop(
 ) -> anyhow::Result<OpenLoop> {
     let offered = ((rate as f64) * seconds).round().max(1.0) as u64;
     let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-    let url = format!("{base_url}/orders");
     let mut rng = rand::rngs::StdRng::from_entropy();
     let start = tokio::time::Instant::now() + Duration::from_millis(20);
     let mut tasks = Vec::with_capacity(offered as usize);
@@ -168,27 +167,10 @@ pub async fn open_loop(
         tokio::time::sleep_until(scheduled).await;
         max_lag = max_lag.max(tokio::time::Instant::now().saturating_duration_since(scheduled));
         let body = order_body(products, &mut rng);
-        let (http, url) = (http.clone(), url.clone());
+        let (http, base_url) = (http.clone(), base_url.to_owned());
         tasks.push(tokio::spawn(async move {
             let sent = Instant::now();
-            let result = async {
-                let response = http
-                    .post(&url)
-                    .json(&body)
-                    .timeout(Duration::from_secs(30))
-                    .send()
-                    .await?;
-                let status = response.status();
-                let text = response.text().await?;
-                anyhow::ensure!(
-                    status.as_u16() == 201,
-                    "POST /orders answered {status}: {text}"
-                );
-                let order: serde_json::Value = serde_json::from_str(&text)?;
-                let id = order["orderId"].as_str().context("no orderId")?;
-                Ok(Uuid::parse_str(id)?)
-            }
-            .await;
+            let result = place(&http, &base_url, &body).await;
             (result, sent.elapsed().as_secs_f64() * 1e3)
         }));
     }

@@ -4,13 +4,13 @@
 use std::{
     fs::{File, OpenOptions},
     io::Write,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Mutex, MutexGuard},
     time::Duration,
 };
 
+use system_tests::{nisshi, workspace_binary};
 use testkit::eventually;
 
 /// How long a (re)started process may take to answer.
@@ -29,50 +29,16 @@ impl Binaries {
     /// `NISSHI_BIN` or where `scripts/infra.sh` installs it. Never builds anything: a nested
     /// `cargo build` would wait on the lock of the `cargo test` that runs us.
     pub fn locate() -> Self {
-        let exe = std::env::current_exe().expect("path of the test executable");
-        // target/<profile>/deps/chaos-<hash>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test executable lives in target/<profile>/deps");
-        let service = |name: &str| {
-            let path = profile_dir.join(name);
-            assert!(
-                path.is_file(),
-                "{} is missing: run `SQLX_OFFLINE=true cargo build --workspace --bins` \
-                 (same profile as the tests) before `cargo test -p system-tests`",
-                path.display()
-            );
-            path
-        };
-        let nisshi = std::env::var_os("NISSHI_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let home = std::env::var_os("HOME").expect("HOME or NISSHI_BIN must be set");
-                Path::new(&home).join(".cache/outbox-nisshi/bin/nisshi")
-            });
-        assert!(
-            nisshi.is_file(),
-            "the broker {} is missing: run `scripts/infra.sh install-broker` \
-             (or point NISSHI_BIN at a nisshi binary)",
-            nisshi.display()
-        );
         Self {
-            order_api: service("order-api"),
-            outbox_relay: service("outbox-relay"),
-            catalog_consumer: service("catalog-consumer"),
-            nisshi,
+            order_api: workspace_binary("order-api"),
+            outbox_relay: workspace_binary("outbox-relay"),
+            catalog_consumer: workspace_binary("catalog-consumer"),
+            nisshi: nisshi(),
         }
     }
 }
 
-/// A free local port: the OS picks it, and it is released for the child to bind.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("free port")
-        .port()
-}
+pub use system_tests::free_port;
 
 /// How one process is started, so that it can be started again after a kill.
 pub struct Spec {
