@@ -38,9 +38,15 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Decodes `messages`, which must be in the order they were consumed.
-    pub fn new(messages: Vec<OwnedMessage>) -> Self {
-        let decoded = messages.iter().map(decode::decode).collect();
+    /// Decodes `messages`, which must be in the order they were consumed; an event older than
+    /// `dedup_window` is rejected (see [`decode::OLDER_THAN_DEDUP_WINDOW`]).
+    pub fn new(messages: Vec<OwnedMessage>, dedup_window: Duration) -> Self {
+        let oldest =
+            Utc::now() - chrono::Duration::from_std(dedup_window).unwrap_or(chrono::Duration::MAX);
+        let decoded = messages
+            .iter()
+            .map(|message| decode::decode(message, oldest))
+            .collect();
         Self {
             messages,
             decoded,

@@ -37,9 +37,12 @@ use crate::{
 
 /// The consumer's context: commits what was stored before partitions are taken away, so the
 /// next owner starts after everything this one applied; counts assignment changes, so the loop
-/// knows when a partition's next offset may legitimately jump.
+/// knows when a partition's next offset may legitimately jump; publishes the lag of each
+/// assigned partition from librdkafka's statistics.
 #[derive(Default)]
 pub struct GroupContext {
+    /// `catalog_consumer_lag_messages`, when metrics are registered.
+    lag: Option<prometheus::IntGaugeVec>,
     rebalances: AtomicU64,
     /// The committed offset of each partition at its last assignment: where its next message
     /// must start, so a gap in the very first fetch is seen too.
@@ -58,7 +61,22 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(lag) = &self.lag else { return };
+        // Only the partitions this member fetches now: a revoked one disappears.
+        lag.reset();
+        for topic in statistics.topics.values() {
+            for partition in topic.partitions.values() {
+                if partition.partition < 0 || !partition.desired || partition.consumer_lag < 0 {
+                    continue;
+                }
+                lag.with_label_values(&[&topic.topic, &partition.partition.to_string()])
+                    .set(partition.consumer_lag);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -107,8 +125,11 @@ fn commit_stored<C: Consumer<GroupContext>>(consumer: &C) {
     }
 }
 
+/// How often librdkafka reports statistics (the lag gauge's refresh period).
+const STATISTICS_INTERVAL_MS: u32 = 5_000;
+
 /// Joins the group and subscribes to the order events topic.
-pub fn subscribe(settings: &Settings) -> anyhow::Result<GroupConsumer> {
+pub fn subscribe(settings: &Settings, metrics: &Metrics) -> anyhow::Result<GroupConsumer> {
     let mut config = settings.kafka.client_config();
     if let Some(instance) = &settings.consumer_instance_id {
         config.set("group.instance.id", instance);
@@ -128,7 +149,11 @@ pub fn subscribe(settings: &Settings) -> anyhow::Result<GroupConsumer> {
             "session.timeout.ms",
             settings.kafka_session_timeout_ms.to_string(),
         )
-        .create_with_context(GroupContext::default())?;
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string())
+        .create_with_context(GroupContext {
+            lag: Some(metrics.consumer_lag.clone()),
+            ..GroupContext::default()
+        })?;
     consumer.subscribe(&[&settings.order_events_topic])?;
     Ok(consumer)
 }
@@ -169,6 +194,8 @@ pub struct ConsumeLoop {
     pub(crate) metrics: Metrics,
     pub(crate) batch_size: usize,
     pub(crate) batch_wait: Duration,
+    /// Events older than this are dead-lettered, never applied (see `decode`).
+    pub(crate) dedup_window: Duration,
     pub(crate) retry_max_backoff: Duration,
     pub(crate) hold_offsets_after_commit: bool,
     pub(crate) stall: Stall,
@@ -194,7 +221,7 @@ impl ConsumeLoop {
             if messages.is_empty() {
                 continue;
             }
-            let mut batch = Batch::new(messages);
+            let mut batch = Batch::new(messages, self.dedup_window);
             let Some(report) = self.apply_until_done(&mut batch, &shutdown).await else {
                 tracing::warn!(
                     messages = batch.len(),

@@ -37,8 +37,19 @@ pub const INVALID_JSON: &str = "invalid_json";
 /// The value is JSON but not a valid `order.placed.v1` (missing fields, wrong types, rule broken).
 pub const INVALID_EVENT: &str = "invalid_event";
 
+/// The event's `ce_time` is older than the dedup window (PROCESSED_EVENTS_RETENTION minus its
+/// margin): its id may already be pruned from `processed_events`, so applying it could
+/// decrement the stock twice. An operator decides (the dead letter keeps the whole message).
+pub const OLDER_THAN_DEDUP_WINDOW: &str = "older_than_dedup_window";
+
 /// Every reason code, for metrics that should show zeroes too.
-pub const REASONS: [&str; 4] = [MISSING_HEADER, INVALID_HEADER, INVALID_JSON, INVALID_EVENT];
+pub const REASONS: [&str; 5] = [
+    MISSING_HEADER,
+    INVALID_HEADER,
+    INVALID_JSON,
+    INVALID_EVENT,
+    OLDER_THAN_DEDUP_WINDOW,
+];
 
 impl Rejection {
     fn new(reason: &'static str, detail: impl Into<String>) -> Self {
@@ -60,13 +71,25 @@ impl From<HeaderError> for Rejection {
 }
 
 /// Decodes the headers (CloudEvents binary mode) and the JSON value, and checks the rules
-/// order-api enforces.
+/// order-api enforces, and that the event is not older than `oldest` (the dedup window's start).
+/// Once an event is too old it stays too old, so a rejection is still permanent.
 ///
 /// The Kafka key is not checked against `productId`: a mismatch breaks the per-product order
 /// guarantee upstream, but the event itself is a real, committed sale, and dead-lettering it
 /// would leave the stock too high. It is applied, and logged.
-pub fn decode(message: &OwnedMessage) -> Result<OrderEvent, Rejection> {
+pub fn decode(message: &OwnedMessage, oldest: DateTime<Utc>) -> Result<OrderEvent, Rejection> {
     let cloud_event = CloudEvent::from_kafka_headers(message.headers().map(|h| h.as_borrowed()))?;
+    if cloud_event.time < oldest {
+        return Err(Rejection::new(
+            OLDER_THAN_DEDUP_WINDOW,
+            format!(
+                "ce_time {} is before the dedup window's start {}: its id may be pruned from \
+                 processed_events, so applying it could change the stock twice",
+                cloud_event.time.to_rfc3339(),
+                oldest.to_rfc3339()
+            ),
+        ));
+    }
     let value = match message.payload() {
         None | Some([]) => return Err(Rejection::new(INVALID_JSON, "the value is empty")),
         Some(value) => value,

@@ -20,7 +20,8 @@ use anyhow::Context;
 use outbox_core::{
     db,
     ops::{self, Check, Ops},
-    settings::{KafkaSettings, PoolSettings},
+    retention::{self, Pruner},
+    settings::{KafkaSettings, PoolSettings, PruneSettings},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +50,7 @@ pub struct Cli {
 impl Cli {
     /// The subcommand to run; `run` with the top-level settings when none was given.
     pub fn into_command(self) -> Command {
-        self.command.unwrap_or(Command::Run(self.run))
+        self.command.unwrap_or(Command::Run(Box::new(self.run)))
     }
 }
 
@@ -57,7 +58,7 @@ impl Cli {
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
     /// Run the consumer (the default).
-    Run(Settings),
+    Run(Box<Settings>),
     /// Reconcile the orders database with the catalog's processed_events (read-only) and print
     /// one JSON object.
     ///
@@ -150,10 +151,46 @@ pub struct Settings {
     /// only sets how often an idle consumer asks (100 fetches/s per broker at 10 ms).
     #[arg(long, env = "FETCH_WAIT_MAX_MS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=300_000))]
     pub fetch_wait_max_ms: u32,
+    /// How long a processed event's id is kept (and so how long a redelivery of it is
+    /// recognised): `processed_events` rows older than this are deleted. Written 7d, 36h, 90m.
+    /// An event whose `ce_time` is older than this minus DEDUP_WINDOW_MARGIN is never applied:
+    /// it goes to the dead-letter topic with reason `older_than_dedup_window`, since its id may
+    /// already be pruned and applying it could decrement the stock a second time.
+    #[arg(long, env = "PROCESSED_EVENTS_RETENTION", default_value = "7d", value_parser = retention::parse_duration)]
+    pub processed_events_retention: Duration,
+    /// What the dedup window keeps short of the retention, for clock differences between
+    /// hosts and batches retried during an outage: events older than PROCESSED_EVENTS_RETENTION
+    /// minus this are dead-lettered. Must be shorter than the retention.
+    #[arg(long, env = "DEDUP_WINDOW_MARGIN", default_value = "1h", value_parser = retention::parse_duration)]
+    pub dedup_window_margin: Duration,
+    #[command(flatten)]
+    pub prune: PruneSettings,
     /// Test only: after the first batch's database commit, never store its offsets, so a test
     /// can kill the process between the two.
     #[arg(long, env = "CATALOG_CONSUMER_TEST_HOLD_OFFSETS", hide = true)]
     pub test_hold_offsets: bool,
+}
+
+impl Settings {
+    /// Refuses settings that cannot work, naming the variable.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.dedup_window_margin >= self.processed_events_retention {
+            anyhow::bail!(
+                "DEDUP_WINDOW_MARGIN ({}) must be shorter than PROCESSED_EVENTS_RETENTION ({}): \
+                 every event would be older than the dedup window",
+                retention::format_duration(self.dedup_window_margin),
+                retention::format_duration(self.processed_events_retention)
+            );
+        }
+        Ok(())
+    }
+
+    /// Events whose `ce_time` is older than this are never applied (see
+    /// PROCESSED_EVENTS_RETENTION).
+    pub fn dedup_window(&self) -> Duration {
+        self.processed_events_retention
+            .saturating_sub(self.dedup_window_margin)
+    }
 }
 
 /// A built consumer: connected to its database, subscribed to the topic, HTTP port bound.
@@ -161,12 +198,25 @@ pub struct Consumer {
     port: u16,
     server: Server,
     consume: consume::ConsumeLoop,
+    pool: sqlx::PgPool,
+    pruner: Pruner,
 }
+
+/// Deletes up to `$2` processed events applied more than `$1` seconds ago, oldest first.
+const PRUNE_PROCESSED_EVENTS: &str = "with gone as (
+         delete from processed_events
+          where event_id in (select event_id from processed_events
+                              where processed_at < now() - $1 * interval '1 second'
+                              order by processed_at
+                              limit $2)
+         returning 1)
+     select count(*) from gone";
 
 impl Consumer {
     /// Connects to the database (applying migrations unless told not to), joins the consumer
     /// group and binds the HTTP port.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
         let pool = db::connect(
             &settings.database_url,
             &settings.pool,
@@ -182,7 +232,8 @@ impl Consumer {
             settings.dlq_message_max_bytes,
         )
         .context("cannot create the dead-letter producer")?;
-        let consumer = consume::subscribe(&settings).context("cannot create the Kafka consumer")?;
+        let consumer =
+            consume::subscribe(&settings, &metrics).context("cannot create the Kafka consumer")?;
         let stall = consume::Stall::default();
         let ops = Ops::new(
             registry,
@@ -216,9 +267,18 @@ impl Consumer {
             dlq = %settings.dlq_topic,
             "catalog-consumer listening"
         );
+        let pruner = Pruner {
+            table: "processed_events",
+            statement: PRUNE_PROCESSED_EVENTS,
+            retention: settings.processed_events_retention,
+            interval: settings.prune.interval(),
+            batch: settings.prune.prune_batch_size,
+            pruned: metrics.processed_events_pruned.clone(),
+        };
         let consume = consume::ConsumeLoop {
             consumer: Arc::new(consumer),
-            applier: Applier::new(pool, dead_letters, metrics.clone()),
+            applier: Applier::new(pool.clone(), dead_letters, metrics.clone()),
+            dedup_window: settings.dedup_window(),
             metrics,
             batch_size: settings.batch_size as usize,
             batch_wait: Duration::from_millis(settings.batch_wait_ms),
@@ -230,6 +290,8 @@ impl Consumer {
             port,
             server,
             consume,
+            pool,
+            pruner,
         })
     }
 
@@ -243,7 +305,11 @@ impl Consumer {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
+        let stop_pruning = CancellationToken::new();
+        let pruning = self.pruner.spawn(self.pool, stop_pruning.clone());
         let consumed = self.consume.run(shutdown).await;
+        stop_pruning.cancel();
+        let _ = pruning.await;
         handle.stop(true).await;
         let served = server.await;
         tracing::info!("catalog-consumer stopped");

@@ -9,7 +9,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Run(settings) => {
             outbox_core::telemetry::init();
             let shutdown = outbox_core::shutdown::on_signal();
-            let consumer = Consumer::build(settings).await?;
+            let consumer = Consumer::build(*settings).await?;
             consumer.run_until_stopped(shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }

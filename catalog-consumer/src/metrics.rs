@@ -1,4 +1,6 @@
-use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
 use crate::{decode, stock::Outcome};
 
@@ -23,6 +25,11 @@ pub struct Metrics {
     pub dead_letters_kept: IntCounter,
     /// By `result`: refetched, accepted. Offset gaps the broker served.
     pub offset_gaps: IntCounterVec,
+    /// `processed_events` rows deleted past PROCESSED_EVENTS_RETENTION.
+    pub processed_events_pruned: IntCounter,
+    /// By `topic`, `partition`: the partition's high watermark minus the group's committed
+    /// offset, for the partitions this member is assigned (from librdkafka's statistics).
+    pub consumer_lag: IntGaugeVec,
 }
 
 impl Metrics {
@@ -89,6 +96,17 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            processed_events_pruned: IntCounter::new(
+                "catalog_consumer_processed_events_pruned_total",
+                "processed_events rows deleted because they were older than PROCESSED_EVENTS_RETENTION.",
+            )?,
+            consumer_lag: IntGaugeVec::new(
+                Opts::new(
+                    "catalog_consumer_lag_messages",
+                    "Messages not yet committed by the group, per assigned partition: high watermark minus committed offset (librdkafka statistics, refreshed every few seconds).",
+                ),
+                &["topic", "partition"],
+            )?,
         };
         for result in ["refetched", "accepted"] {
             metrics.offset_gaps.with_label_values(&[result]);
@@ -109,6 +127,8 @@ impl Metrics {
         registry.register(Box::new(metrics.batch_retrying_seconds.clone()))?;
         registry.register(Box::new(metrics.dead_letters_kept.clone()))?;
         registry.register(Box::new(metrics.offset_gaps.clone()))?;
+        registry.register(Box::new(metrics.processed_events_pruned.clone()))?;
+        registry.register(Box::new(metrics.consumer_lag.clone()))?;
         Ok(metrics)
     }
 }

@@ -19,6 +19,8 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("the database is unavailable; retry later")]
     Unavailable(#[source] sqlx::Error),
+    #[error("orders are not taken while the outbox lags more than MAX_OUTBOX_LAG_SECS behind; retry after {} s", .retry_after.as_secs())]
+    OutboxLagging { retry_after: std::time::Duration },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -40,6 +42,7 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::Unavailable(_) => "service_unavailable",
+            Self::OutboxLagging { .. } => "outbox_lagging",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -63,7 +66,7 @@ impl ResponseError for ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::OutboxLagging { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -76,6 +79,13 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        error_response(self.status_code(), self.code(), &self.to_string())
+        let mut response = error_response(self.status_code(), self.code(), &self.to_string());
+        if let Self::OutboxLagging { retry_after } = self {
+            response.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                actix_web::http::header::HeaderValue::from(retry_after.as_secs()),
+            );
+        }
+        response
     }
 }

@@ -1,20 +1,22 @@
 //! order-api: `POST /orders` writes the order and its outbox event in one PostgreSQL
 //! transaction, so an order is never saved without its event nor an event sent without its order.
 
+mod backpressure;
 mod error;
 mod metrics;
 mod orders;
 mod routes;
 mod wakeup;
 
-use std::net::TcpListener;
+use std::{net::TcpListener, time::Duration};
 
 use actix_web::{dev::Server, web, App, HttpServer};
 use anyhow::Context;
 use outbox_core::{
     db,
     ops::{self, Check, Ops},
-    settings::PoolSettings,
+    retention::{self, Pruner},
+    settings::{PoolSettings, PruneSettings},
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +54,19 @@ pub struct Settings {
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "HTTP_WORKERS")]
     pub http_workers: Option<usize>,
+    /// How long an Idempotency-Key is remembered (7d, 24h, 90m): keys older than this are
+    /// deleted, and a retried POST with such a key places a new order. Clients must not retry
+    /// a request for longer than this.
+    #[arg(long, env = "IDEMPOTENCY_KEY_RETENTION", default_value = "24h", value_parser = retention::parse_duration)]
+    pub idempotency_key_retention: Duration,
+    #[command(flatten)]
+    pub prune: PruneSettings,
+    /// Opt-in backpressure: while the oldest pending outbox row is older than this many
+    /// seconds, POST /orders answers 503 outbox_lagging with Retry-After (sampled every second
+    /// in the background). Unset (the default): orders are always taken and the outbox absorbs
+    /// any broker outage, which is what it is for.
+    #[arg(long, env = "MAX_OUTBOX_LAG_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_outbox_lag_secs: Option<u64>,
 }
 
 /// A valid Kafka topic name (1 to 249 of `a-z A-Z 0-9 . _ -`, not `.` or `..`): checked at
@@ -76,13 +91,27 @@ pub(crate) struct AppState {
     pub topic: String,
     pub metrics: Metrics,
     pub wakeup: wakeup::Wakeup,
+    pub backpressure: backpressure::Backpressure,
 }
+
+/// Deletes up to `$2` idempotency keys created more than `$1` seconds ago, oldest first.
+const PRUNE_IDEMPOTENCY_KEYS: &str = "with gone as (
+         delete from idempotency_keys
+          where idempotency_key in (select idempotency_key from idempotency_keys
+                                     where created_at < now() - $1 * interval '1 second'
+                                     order by created_at
+                                     limit $2)
+         returning 1)
+     select count(*) from gone";
 
 /// A built, bound, not yet running order-api.
 pub struct Application {
     port: u16,
     server: Server,
     wakeup_task: tokio::task::JoinHandle<()>,
+    lag_task: Option<tokio::task::JoinHandle<()>>,
+    pool: PgPool,
+    pruner: Pruner,
 }
 
 impl Application {
@@ -107,11 +136,27 @@ impl Application {
         let metrics = Metrics::register(&registry)?;
         let ops = Ops::new(registry, vec![Check::postgres(pool.clone())]);
         let (wakeup, wakeup_task) = wakeup::spawn(pool.clone());
+        let backpressure =
+            backpressure::Backpressure::new(settings.max_outbox_lag_secs.map(Duration::from_secs));
+        let lag_task = backpressure.spawn(
+            pool.clone(),
+            metrics.outbox_lag.clone(),
+            metrics.outbox_lagging.clone(),
+        );
+        let pruner = Pruner {
+            table: "idempotency_keys",
+            statement: PRUNE_IDEMPOTENCY_KEYS,
+            retention: settings.idempotency_key_retention,
+            interval: settings.prune.interval(),
+            batch: settings.prune.prune_batch_size,
+            pruned: metrics.idempotency_keys_pruned.clone(),
+        };
         let state = web::Data::new(AppState {
-            pool,
+            pool: pool.clone(),
             topic: settings.order_events_topic.clone(),
             metrics,
             wakeup,
+            backpressure,
         });
         let max_body = settings.max_body_bytes;
         let mut server = HttpServer::new(move || {
@@ -137,6 +182,9 @@ impl Application {
             port,
             server: server.run(),
             wakeup_task,
+            lag_task,
+            pool,
+            pruner,
         })
     }
 
@@ -148,13 +196,20 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then lets requests in flight finish.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let handle = self.server.handle();
+        let stop_pruning = CancellationToken::new();
+        let pruning = self.pruner.spawn(self.pool, stop_pruning.clone());
         let stopper = tokio::spawn(async move {
             shutdown.cancelled().await;
             handle.stop(true).await;
         });
         let result = self.server.await;
         stopper.abort();
+        stop_pruning.cancel();
+        let _ = pruning.await;
         self.wakeup_task.abort();
+        if let Some(task) = self.lag_task {
+            task.abort();
+        }
         tracing::info!("order-api stopped");
         result.context("HTTP server failed")
     }

@@ -1,4 +1,6 @@
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// order-api's metrics; labels are low-cardinality error codes only.
 #[derive(Clone)]
@@ -7,6 +9,12 @@ pub struct Metrics {
     pub idempotent_replays: IntCounter,
     pub rejected: IntCounterVec,
     pub insert_seconds: Histogram,
+    /// Age of the oldest pending outbox row, sampled while MAX_OUTBOX_LAG_SECS is set.
+    pub outbox_lag: Gauge,
+    /// 1 while orders are refused because the outbox lags (MAX_OUTBOX_LAG_SECS), else 0.
+    pub outbox_lagging: IntGauge,
+    /// Idempotency keys deleted past IDEMPOTENCY_KEY_RETENTION.
+    pub idempotency_keys_pruned: IntCounter,
 }
 
 impl Metrics {
@@ -36,8 +44,23 @@ impl Metrics {
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
                 ]),
             )?,
+            outbox_lag: Gauge::new(
+                "order_api_outbox_lag_seconds",
+                "Age of the oldest pending outbox row, sampled every second while MAX_OUTBOX_LAG_SECS is set (0 otherwise).",
+            )?,
+            outbox_lagging: IntGauge::new(
+                "order_api_outbox_lagging",
+                "1 while POST /orders answers 503 outbox_lagging (MAX_OUTBOX_LAG_SECS exceeded), else 0.",
+            )?,
+            idempotency_keys_pruned: IntCounter::new(
+                "order_api_idempotency_keys_pruned_total",
+                "Idempotency keys deleted because they were older than IDEMPOTENCY_KEY_RETENTION.",
+            )?,
         };
         registry.register(Box::new(metrics.orders_created.clone()))?;
+        registry.register(Box::new(metrics.outbox_lag.clone()))?;
+        registry.register(Box::new(metrics.outbox_lagging.clone()))?;
+        registry.register(Box::new(metrics.idempotency_keys_pruned.clone()))?;
         registry.register(Box::new(metrics.idempotent_replays.clone()))?;
         registry.register(Box::new(metrics.rejected.clone()))?;
         registry.register(Box::new(metrics.insert_seconds.clone()))?;

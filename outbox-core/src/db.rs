@@ -4,7 +4,7 @@ use anyhow::Context;
 use sqlx::{
     migrate::Migrator,
     postgres::{PgConnectOptions, PgPoolOptions},
-    PgPool,
+    Connection, PgPool,
 };
 
 use crate::settings::PoolSettings;
@@ -15,6 +15,9 @@ pub static ORDERS_MIGRATOR: Migrator = sqlx::migrate!("../migrations/orders");
 
 /// Migrations of the `catalog` database (products, processed events), used by catalog-consumer.
 pub static CATALOG_MIGRATOR: Migrator = sqlx::migrate!("../migrations/catalog");
+
+/// A pooled connection idle for longer than this is pinged before it is handed out.
+const PING_IF_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Connects a pool to `url`, naming the connections after the service (visible in
 /// `pg_stat_activity`) unless the URL names them (`?application_name=relay-a`, to tell replicas
@@ -39,6 +42,18 @@ pub async fn connect(
     let pool = PgPoolOptions::new()
         .max_connections(settings.db_max_connections)
         .acquire_timeout(settings.acquire_timeout())
+        // sqlx pings every connection before handing it out: one more round trip per order
+        // and per relay step. A connection busy moments ago is alive; one idle for a while
+        // (the server may have restarted meanwhile) is still checked.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_IF_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {target}"))?;
@@ -61,6 +76,29 @@ pub fn describe(options: &PgConnectOptions) -> String {
     )
 }
 
+/// Number of outbox lanes: every row of a key is in lane `hashtext(key) & (OUTBOX_LANES - 1)`,
+/// the `outbox.lane` generated column of the orders migration (a test reads the migration's
+/// modulus and compares).
+pub const OUTBOX_LANES: i32 = 64;
+
+/// Age in seconds of the oldest pending outbox row, 0 when there is none. Bounded work
+/// whatever the backlog: one probe of the pending-rows index per lane. Rows held behind a dead
+/// key count until the relay parks them (within its `STATS_INTERVAL_SECS`).
+pub async fn oldest_pending_age_seconds<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+) -> Result<f64, sqlx::Error> {
+    sqlx::query_scalar(
+        "select coalesce(extract(epoch from now() - min(o.created_at)), 0)::float8
+           from generate_series(0, $1 - 1) as l(lane),
+                lateral (select created_at from outbox
+                          where lane = l.lane and state = 'pending'
+                          order by id limit 1) o",
+    )
+    .bind(OUTBOX_LANES)
+    .fetch_one(executor)
+    .await
+}
+
 /// The channel order-api notifies (after commit, coalesced, never inside the order transaction)
 /// and outbox-relay listens on, so an idle relay wakes within milliseconds of a new row.
 pub const OUTBOX_WAKEUP_CHANNEL: &str = "outbox_wakeup";
@@ -79,5 +117,22 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
             code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
         }),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OUTBOX_LANES;
+
+    #[test]
+    fn the_lane_count_matches_the_modulus_of_the_lane_column_in_the_orders_migration() {
+        let migration =
+            include_str!("../../migrations/orders/20261125000001_orders_and_outbox.sql");
+        let mask = format!("hashtext(partition_key) & {})", OUTBOX_LANES - 1);
+        assert!(
+            migration.contains(&mask),
+            "the outbox.lane column must be `{mask}`"
+        );
+        assert_eq!(OUTBOX_LANES.count_ones(), 1, "a power of two, for the mask");
     }
 }

@@ -1,12 +1,14 @@
 //! What the three services share, and nothing else: settings types, telemetry, the database
 //! pool and embedded migrations, the order event envelope with its Kafka headers, the idempotent producer configuration and
 //! the classification of produce failures, the
-//! health/readiness/metrics HTTP surface, and shutdown.
+//! health/readiness/metrics HTTP surface, retention of the tables that grow per order, and
+//! shutdown.
 
 pub mod db;
 pub mod event;
 pub mod kafka;
 pub mod ops;
+pub mod retention;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

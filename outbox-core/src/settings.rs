@@ -36,6 +36,33 @@ impl PoolSettings {
     }
 }
 
+/// How a service prunes the table it keeps for a retention period (see `crate::retention`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PruneSettings {
+    /// Seconds between two pruning rounds of the rows past their retention.
+    #[arg(long, env = "PRUNE_INTERVAL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub prune_interval_secs: u64,
+    /// Most rows one pruning statement deletes (one short transaction each; a round repeats
+    /// it until less than this is left).
+    #[arg(long, env = "PRUNE_BATCH_SIZE", default_value_t = 5_000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub prune_batch_size: i64,
+}
+
+impl Default for PruneSettings {
+    fn default() -> Self {
+        Self {
+            prune_interval_secs: 60,
+            prune_batch_size: 5_000,
+        }
+    }
+}
+
+impl PruneSettings {
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.prune_interval_secs)
+    }
+}
+
 /// Where the Kafka-protocol broker is.
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaSettings {

@@ -14,8 +14,7 @@ use outbox_core::event::CloudEvent;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-/// Number of lanes; must match the `& 63` of the `outbox.lane` generated column.
-pub const LANES: i32 = 64;
+pub use outbox_core::db::OUTBOX_LANES as LANES;
 
 /// First key of the two-key advisory locks on lanes ("obrx"), so they cannot collide with other
 /// users of advisory locks in the database.
@@ -88,6 +87,39 @@ pub async fn lock_lanes(conn: &mut PgConnection, max_lanes: i64) -> Result<Vec<i
         LANE_LOCK_NAMESPACE,
         LANES,
         max_lanes
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Locks every lane of `lanes` for the rest of the transaction, waiting for the relays' steps
+/// that hold them to end (each is bounded by `DELIVERY_TIMEOUT_SECS`). Lanes are taken in
+/// ascending order, so two callers cannot deadlock; relays only ever try-lock.
+pub async fn wait_for_lanes(conn: &mut PgConnection, lanes: &[i32]) -> Result<(), sqlx::Error> {
+    let mut lanes = lanes.to_vec();
+    lanes.sort_unstable();
+    lanes.dedup();
+    sqlx::query!(
+        "select pg_advisory_xact_lock($1, lane) from unnest($2::int[]) as l(lane) order by lane",
+        LANE_LOCK_NAMESPACE,
+        &lanes
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(())
+}
+
+/// Of the lanes with a dead or parked row (read from the small blocking-rows index), locks
+/// without waiting those no other transaction holds; returns them. None in the common case of
+/// no dead row, and then no lock is taken at all.
+pub async fn lock_lanes_with_blockers(conn: &mut PgConnection) -> Result<Vec<i32>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"with blocked as materialized (
+             select distinct lane::int as lane from outbox
+              where state in ('dead', 'parked') and (state <> 'pending' or attempts > 0)
+         )
+         select lane as "lane!" from blocked where pg_try_advisory_xact_lock($1, lane)"#,
+        LANE_LOCK_NAMESPACE
     )
     .fetch_all(conn)
     .await

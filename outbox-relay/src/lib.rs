@@ -54,7 +54,9 @@ pub enum Command {
     Run(Settings),
     /// Print one JSON object: {"pending", "dead", "parked", "oldest_pending_age_seconds"}.
     Status(AdminSettings),
-    /// Put dead rows (and the rows parked behind them) back to pending, in order.
+    /// Put dead rows (and the rows parked behind them) back to pending, in order. Prints
+    /// {"requeued", "older_than_dedup_window"}. Refuses rows older than the consumer's dedup
+    /// window unless --force is given.
     Requeue(RequeueArgs),
     /// List dead rows, oldest first, one JSON object per line: id, event_id, partition_key,
     /// attempts, age_seconds, last_error.
@@ -119,7 +121,8 @@ pub struct Settings {
     /// enqueued whole before its acks are awaited, so a longer linger only delays single rows.
     #[arg(long, env = "LINGER_MS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=900_000))]
     pub linger_ms: u64,
-    /// Seconds between refreshes of the pending/dead/parked gauges.
+    /// Seconds between refreshes of the pending/dead/parked gauges (and parking of rows that
+    /// arrived behind a dead row of their key).
     #[arg(long, env = "STATS_INTERVAL_SECS", default_value_t = 5)]
     pub stats_interval_secs: u64,
     /// Test-only fault injection: after a batch's delivery reports arrive, hang before
@@ -192,4 +195,13 @@ pub struct RequeueArgs {
     /// The dead row with this event id, and the rows of its key parked behind it.
     #[arg(long)]
     pub event_id: Option<uuid::Uuid>,
+    /// The consumer's dedup window (its PROCESSED_EVENTS_RETENTION minus DEDUP_WINDOW_MARGIN;
+    /// the default is the consumer's default, 7d minus 1h). Rows created before it are not
+    /// requeued without --force: the consumer would dead-letter them as
+    /// older_than_dedup_window.
+    #[arg(long, env = "DEDUP_WINDOW", default_value = "167h", value_parser = outbox_core::retention::parse_duration)]
+    pub dedup_window: Duration,
+    /// Requeue rows older than the dedup window too (a warning says how many).
+    #[arg(long)]
+    pub force: bool,
 }

@@ -623,6 +623,17 @@ fn spawn_partition_watch(
     })
 }
 
+/// Parks the rows that arrived behind a dead row of their key, in the lanes of dead keys that no
+/// step holds now.
+async fn park_held(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let lanes = claim::lock_lanes_with_blockers(&mut tx).await?;
+    let parked = retry::park_held(&mut tx, &lanes).await?;
+    tx.commit().await?;
+    Ok(parked)
+}
+
+/// Every `STATS_INTERVAL_SECS`: parks rows held behind dead rows, then refreshes the gauges.
 fn spawn_stats(inner: Arc<Inner>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     let period = Duration::from_secs(inner.settings.stats_interval_secs.max(1));
     tokio::spawn(async move {
@@ -632,6 +643,14 @@ fn spawn_stats(inner: Arc<Inner>, stop: CancellationToken) -> tokio::task::JoinH
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = ticker.tick() => {}
+            }
+            match park_held(&inner.pool).await {
+                Ok(0) => {}
+                Ok(parked) => tracing::info!(
+                    parked,
+                    "rows that arrived behind a dead row of their key parked"
+                ),
+                Err(error) => tracing::debug!(%error, "cannot park rows held behind dead rows"),
             }
             match admin::status(&inner.pool).await {
                 Ok(status) => inner.metrics.set_status(&status),

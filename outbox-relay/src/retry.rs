@@ -5,7 +5,11 @@
 //!   `next_attempt_at` (exponential backoff with jitter), and until then the later rows of its
 //!   key wait behind it (the claim leaves them out).
 //! - At the maximum attempts the row is `dead` and the later pending rows of its key are
-//!   `parked` in the same statement; every other key keeps flowing.
+//!   `parked` in the same transaction; every other key keeps flowing.
+//! - Rows of a dead key that arrive later are parked too, by [`park_held`] (run periodically
+//!   by every relay), so they leave the pending-rows index: claims, the oldest-pending probe and
+//!   order-api's backpressure never re-read a dead key's growing backlog. Until then the claim
+//!   already leaves them out.
 
 use std::time::Duration;
 
@@ -95,9 +99,10 @@ pub async fn record_failures(
                     state = case when o.attempts + 1 >= $4 then 'dead' else 'pending' end
                from failed f
               where o.id = f.id
-             returning o.id, o.partition_key, o.state
+             returning o.id, o.partition_key, o.lane, o.state
          )
-         select id as "id!", partition_key as "partition_key!" from counted where state = 'dead'"#,
+         select id as "id!", partition_key as "partition_key!", lane as "lane!"
+           from counted where state = 'dead'"#,
         &ids,
         &errors,
         &delays_ms,
@@ -111,23 +116,56 @@ pub async fn record_failures(
         parked: 0,
     };
     if !dead.is_empty() {
-        let (dead_ids, dead_keys): (Vec<i64>, Vec<String>) =
-            dead.into_iter().map(|d| (d.id, d.partition_key)).unzip();
+        let dead_ids: Vec<i64> = dead.iter().map(|d| d.id).collect();
+        let dead_keys: Vec<String> = dead.iter().map(|d| d.partition_key.clone()).collect();
+        let dead_lanes: Vec<i16> = dead.iter().map(|d| d.lane).collect();
+        // The lane condition lets the pending-rows index serve it: only the key's lane is read.
         let parked = sqlx::query!(
             "update outbox o
                 set state = 'parked'
-               from unnest($1::bigint[], $2::text[]) as d(id, partition_key)
-              where o.partition_key = d.partition_key
+               from unnest($1::bigint[], $2::text[], $3::smallint[]) as d(id, partition_key, lane)
+              where o.lane = d.lane
+                and o.state = 'pending'
                 and o.id > d.id
-                and o.state = 'pending'",
+                and o.partition_key = d.partition_key",
             &dead_ids,
-            &dead_keys
+            &dead_keys,
+            &dead_lanes
         )
         .execute(&mut *conn)
         .await?;
         recorded.parked = parked.rows_affected();
     }
     Ok(recorded)
+}
+
+/// Parks the pending rows of `lanes` that arrived behind a dead or parked row of their key;
+/// returns how many. The caller holds the lanes' locks (so no requeue or claim of those lanes
+/// runs meanwhile). Reads the blocking-rows index, then only the blocked keys' lanes.
+pub async fn park_held(conn: &mut PgConnection, lanes: &[i32]) -> Result<u64, sqlx::Error> {
+    if lanes.is_empty() {
+        return Ok(0);
+    }
+    let parked = sqlx::query!(
+        "with blockers as materialized (
+             select partition_key, lane, min(id) as first_id
+               from outbox
+              where state in ('dead', 'parked') and (state <> 'pending' or attempts > 0)
+                and lane = any($1::int[])
+              group by partition_key, lane
+         )
+         update outbox o
+            set state = 'parked'
+           from blockers b
+          where o.lane = b.lane
+            and o.state = 'pending'
+            and o.id > b.first_id
+            and o.partition_key = b.partition_key",
+        lanes
+    )
+    .execute(conn)
+    .await?;
+    Ok(parked.rows_affected())
 }
 
 #[cfg(test)]

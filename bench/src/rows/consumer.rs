@@ -84,7 +84,8 @@ async fn plain_consume(bench: &Bench, topic: &str, n: u64) -> anyhow::Result<f64
         topic,
         &bench.infra.name("plain-consume"),
     )?;
-    let consumer = catalog_consumer::consume::subscribe(&settings)?;
+    let metrics = catalog_consumer::Metrics::register(&prometheus::Registry::new())?;
+    let consumer = catalog_consumer::consume::subscribe(&settings, &metrics)?;
     let mut first = None;
     let mut received = 0u64;
     while received < n {

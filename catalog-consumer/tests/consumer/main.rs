@@ -12,4 +12,5 @@ mod end_to_end;
 mod oversell;
 mod process;
 mod rebalance;
+mod retention;
 mod stalls;

@@ -6,6 +6,9 @@ use uuid::Uuid;
 
 use crate::helpers::{wait_until, Event, Fixture};
 
+/// The consumer's default dedup window (PROCESSED_EVENTS_RETENTION 7d minus its 1h margin).
+const DEDUP_WINDOW: std::time::Duration = std::time::Duration::from_secs(7 * 86_400 - 3_600);
+
 #[tokio::test]
 async fn fifty_orders_of_one_against_stock_ten_apply_ten_and_record_forty_as_insufficient_stock() {
     let fixture = Fixture::new(3).await;
@@ -89,7 +92,7 @@ async fn concurrent_batches_racing_on_one_product_never_oversell_nor_apply_an_ev
             .collect();
         let applier = applier.clone();
         tasks.push(tokio::spawn(async move {
-            let mut batch = Batch::new(batch);
+            let mut batch = Batch::new(batch, DEDUP_WINDOW);
             // As the consumer loop does: a transient failure (a deadlock between two batches
             // locking the same rows in another order) retries the same batch.
             loop {

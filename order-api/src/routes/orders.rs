@@ -51,6 +51,9 @@ async fn create(
     limit: usize,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
+    if let Some(retry_after) = state.backpressure.refusing() {
+        return Err(ApiError::OutboxLagging { retry_after });
+    }
     let key = idempotency_key(request)?;
     require_json(request)?;
     let body = read_body(payload, limit).await?;

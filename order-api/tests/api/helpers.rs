@@ -1,5 +1,6 @@
+use clap::Parser;
 use order_api::{Application, Settings};
-use outbox_core::{db::ORDERS_MIGRATOR, settings::PoolSettings};
+use outbox_core::db::ORDERS_MIGRATOR;
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -15,17 +16,20 @@ pub struct TestApp {
 pub const TOPIC: &str = "order-events-test";
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// order-api with test defaults, then `configure`'s changes, on a fresh database.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let (database_url, pool) = testkit::fresh_database(&ORDERS_MIGRATOR)
         .await
         .expect("fresh orders database");
-    let settings = Settings {
-        http_addr: "127.0.0.1:0".into(),
-        database_url,
-        pool: PoolSettings::default(),
-        order_events_topic: TOPIC.into(),
-        max_body_bytes: 16 * 1024,
-        http_workers: Some(2),
-    };
+    let mut settings = Settings::parse_from(["order-api"]);
+    settings.http_addr = "127.0.0.1:0".into();
+    settings.database_url = database_url;
+    settings.order_events_topic = TOPIC.into();
+    settings.http_workers = Some(2);
+    configure(&mut settings);
     let app = Application::build(settings).await.expect("build order-api");
     let address = format!("http://127.0.0.1:{}", app.port());
     let shutdown = CancellationToken::new();

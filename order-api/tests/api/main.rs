@@ -4,4 +4,5 @@ mod bad_requests;
 mod cli;
 mod compose;
 mod helpers;
+mod long_run;
 mod orders;

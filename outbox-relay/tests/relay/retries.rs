@@ -109,6 +109,21 @@ async fn an_oversized_message_dies_after_its_attempts_parks_its_key_and_requeue_
         4,
         "big/4 is held behind the dead row"
     );
+    // ... and the relay parks it, so no claim or oldest-pending probe reads it again.
+    let pool = env.pool.clone();
+    eventually(Duration::from_secs(10), || {
+        let pool = pool.clone();
+        async move {
+            let pending: i64 =
+                sqlx::query_scalar("select count(*) from outbox where state = 'pending'")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (pending == 0).then_some(())
+        }
+    })
+    .await
+    .expect("the row that arrived behind the dead row is parked");
 
     let status = cli_status(&env.database_url).await;
     assert_eq!(status["pending"], 0, "{status}");
@@ -150,7 +165,8 @@ async fn an_oversized_message_dies_after_its_attempts_parks_its_key_and_requeue_
     let (exit, stdout) = run_cli(&env.database_url, &["requeue", "--dead"]).await;
     assert!(exit.success());
     let requeued: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(requeued["requeued"], 3);
+    // big/1 dead, big/2 and big/3 parked with it, big/4 parked by the relay since.
+    assert_eq!(requeued["requeued"], 4);
     env.wait_until_drained(Duration::from_secs(20)).await;
 
     let messages = env.read_topic().await;
@@ -204,7 +220,10 @@ async fn requeue_by_event_id_releases_only_that_dead_row_and_its_parked_successo
     )
     .await;
     assert!(exit.success());
-    assert_eq!(stdout.trim(), r#"{"requeued":2}"#);
+    assert_eq!(
+        stdout.trim(),
+        r#"{"requeued":2,"older_than_dedup_window":0}"#
+    );
     let pool = env.pool.clone();
     eventually(Duration::from_secs(10), || {
         let pool = pool.clone();
@@ -283,7 +302,14 @@ async fn rows_requeued_after_a_claim_began_still_go_before_the_later_rows_of_the
         .fetch_one(&mut *claim)
         .await
         .unwrap();
-    outbox_relay::admin::requeue_dead(&env.pool).await.unwrap();
+    outbox_relay::admin::requeue(
+        &env.pool,
+        outbox_relay::admin::Requeue::AllDead,
+        Duration::from_secs(7 * 86_400),
+        false,
+    )
+    .await
+    .unwrap();
     let requeued_at: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("select next_attempt_at from outbox where id = $1")
             .bind(ids[0])
@@ -303,4 +329,81 @@ async fn rows_requeued_after_a_claim_began_still_go_before_the_later_rows_of_the
         claimed, ids,
         "the whole key, in order: none of it skipped, none of it ahead"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_refuses_rows_older_than_the_dedup_window_unless_forced() {
+    let env = TestEnv::new(1).await;
+    env.insert(&[("k".into(), 0), ("k".into(), 1), ("j".into(), 0)])
+        .await;
+    // k/0 dead ten days ago, k/1 parked behind it; j/0 dead an hour ago. The default window
+    // is 167 hours (the consumer's 7 days minus its 1 hour margin).
+    sqlx::query(
+        "update outbox set state = case when partition_key = 'k' and id = (select min(id) from outbox)
+                                        then 'dead'
+                                        when partition_key = 'k' then 'parked'
+                                        else 'dead' end,
+                           attempts = case when partition_key = 'j' or id = (select min(id) from outbox)
+                                           then 3 else 0 end,
+                           created_at = now() - case when partition_key = 'k' then interval '10 days'
+                                                     else interval '1 hour' end",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+
+    let (exit, stdout) = run_cli(&env.database_url, &["requeue", "--dead"]).await;
+    assert!(!exit.success(), "refused: {stdout}");
+    let status = cli_status(&env.database_url).await;
+    assert_eq!(status["dead"], 2, "nothing requeued: {status}");
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+        .args(["requeue", "--dead"])
+        .env("DATABASE_URL", &env.database_url)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("2 of the 3 rows") && stderr.contains("--force"),
+        "the error says how many and what to do: {stderr}"
+    );
+
+    // A window the rows fit in (the consumer keeps ids for 30 days): no force needed.
+    let (exit, stdout) = run_cli(
+        &env.database_url,
+        &[
+            "requeue",
+            "--event-id",
+            &dead_event_id(&env, "j").await,
+            "--dedup-window",
+            "30d",
+        ],
+    )
+    .await;
+    assert!(exit.success(), "{stdout}");
+    assert_eq!(
+        stdout.trim(),
+        r#"{"requeued":1,"older_than_dedup_window":0}"#
+    );
+
+    let (exit, stdout) = run_cli(&env.database_url, &["requeue", "--dead", "--force"]).await;
+    assert!(exit.success(), "{stdout}");
+    assert_eq!(
+        stdout.trim(),
+        r#"{"requeued":2,"older_than_dedup_window":2}"#
+    );
+    let status = cli_status(&env.database_url).await;
+    assert_eq!(status["dead"], 0, "{status}");
+    assert_eq!(status["pending"], 3, "{status}");
+}
+
+async fn dead_event_id(env: &TestEnv, key: &str) -> String {
+    sqlx::query_scalar::<_, uuid::Uuid>(
+        "select event_id from outbox where partition_key = $1 and state = 'dead'",
+    )
+    .bind(key)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap()
+    .to_string()
 }
