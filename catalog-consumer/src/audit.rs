@@ -1,9 +1,10 @@
 //! `catalog-consumer audit`: checks the end-to-end guarantee from the outside, by reconciling
 //! the orders database with the catalog database's `processed_events`.
 //!
-//! - Every order older than the grace period (by the orders database's clock) has at least one
-//!   `processed_events` row; one that has none is `missing` (its event was lost, or is still
-//!   stuck in the outbox, the broker or the consumer).
+//! - Every order older than the grace period (by the orders database's clock) and younger than
+//!   the processed events' retention has at least one `processed_events` row; one that has none
+//!   is `missing` (its event was lost, or is still stuck in the outbox, the broker or the
+//!   consumer). Older orders are not judged: their `processed_events` rows may have been pruned.
 //! - Every `processed_events` row belongs to an order of the orders database; one that does not
 //!   is `unexpected` (an event no order-api wrote, or an audit against the wrong databases).
 //!
@@ -50,6 +51,10 @@ pub struct AuditArgs {
     /// Most ids listed in `missing` and in `unexpected`; both are counted in full.
     #[arg(long, env = "AUDIT_LIMIT", default_value_t = 100)]
     pub limit: usize,
+    /// The consumer's PROCESSED_EVENTS_RETENTION: orders older than it minus one hour (for
+    /// clock differences) are not judged, since their processed events may have been pruned.
+    #[arg(long, env = "PROCESSED_EVENTS_RETENTION", default_value = "7d", value_parser = outbox_core::retention::parse_duration)]
+    pub processed_events_retention: Duration,
     /// Seconds to wait for each database to accept the connection.
     #[arg(long, env = "AUDIT_CONNECT_TIMEOUT_SECS", default_value_t = 10)]
     pub connect_timeout_secs: u64,
@@ -68,6 +73,11 @@ pub struct AuditReport {
     pub grace_secs: u32,
     /// Orders younger than the grace period with no processed event yet (not missing).
     pub unprocessed_within_grace: u64,
+    /// Orders older than this many seconds are not judged (PROCESSED_EVENTS_RETENTION minus one
+    /// hour): their processed events may have been pruned.
+    pub window_secs: u64,
+    /// Orders older than the window with no processed event (expected once pruned; not missing).
+    pub unchecked_older_than_window: u64,
     /// Orders older than the grace period with no processed event.
     pub missing_count: u64,
     /// The first of them (by order id), up to the limit.
@@ -86,6 +96,8 @@ impl AuditReport {
             outcomes: OUTCOMES.iter().map(|o| ((*o).to_owned(), 0)).collect(),
             grace_secs,
             unprocessed_within_grace: 0,
+            window_secs: 0,
+            unchecked_older_than_window: 0,
             missing_count: 0,
             missing: Vec::new(),
             unexpected_count: 0,
@@ -105,6 +117,8 @@ pub struct OrderRow {
     pub order_id: Uuid,
     /// Created longer ago than the grace period: it must have been processed by now.
     pub due: bool,
+    /// Created within the window: its processed event cannot have been pruned yet.
+    pub checked: bool,
 }
 
 /// A `processed_events` row as the audit reads it.
@@ -157,6 +171,9 @@ fn describe(error: &anyhow::Error) -> String {
 /// Reads both databases (read-only) and reconciles them.
 pub async fn run(args: &AuditArgs) -> anyhow::Result<AuditReport> {
     let timeout = Duration::from_secs(args.connect_timeout_secs);
+    let window = args
+        .processed_events_retention
+        .saturating_sub(Duration::from_secs(3_600));
     let mut catalog = connect(
         &args.database_url,
         "catalog database (--database-url / DATABASE_URL)",
@@ -180,11 +197,13 @@ pub async fn run(args: &AuditArgs) -> anyhow::Result<AuditReport> {
     // Runtime-checked queries: the offline data of `query!` is per database schema, and this one
     // command reads two databases.
     let order_rows = sqlx::query_as::<_, OrderRow>(
-        "select order_id, created_at < now() - make_interval(secs => $1) as due
+        "select order_id, created_at < now() - make_interval(secs => $1) as due,
+                created_at >= now() - make_interval(secs => $2) as checked
            from orders
           order by order_id",
     )
     .bind(f64::from(args.grace_secs))
+    .bind(window.as_secs_f64())
     .fetch(&mut *orders_tx);
     let processed_rows = sqlx::query_as::<_, ProcessedRow>(
         "select order_id, event_id, outcome
@@ -192,13 +211,14 @@ pub async fn run(args: &AuditArgs) -> anyhow::Result<AuditReport> {
           order by order_id, event_id",
     )
     .fetch(&mut *catalog_tx);
-    let report = reconcile(
+    let mut report = reconcile(
         order_rows.map_err(|e| anyhow::Error::new(e).context("cannot read `orders`")),
         processed_rows.map_err(|e| anyhow::Error::new(e).context("cannot read `processed_events`")),
         args.grace_secs,
         args.limit,
     )
     .await?;
+    report.window_secs = window.as_secs();
 
     // Nothing was written; ending the transactions only releases their snapshots.
     orders_tx.rollback().await.ok();
@@ -250,7 +270,9 @@ where
         } else {
             let o = order.take().expect("an order is next");
             report.orders += 1;
-            if !matched && o.due {
+            if !matched && !o.checked {
+                report.unchecked_older_than_window += 1;
+            } else if !matched && o.due {
                 report.missing_count += 1;
                 if report.missing.len() < limit {
                     report.missing.push(o.order_id);
@@ -358,6 +380,7 @@ mod tests {
         Ok(OrderRow {
             order_id: id(n),
             due,
+            checked: true,
         })
     }
 

@@ -63,8 +63,10 @@ pub enum Command {
     /// one JSON object.
     ///
     /// Prints {"orders", "processed", "outcomes", "grace_secs", "unprocessed_within_grace",
-    /// "missing_count", "missing", "unexpected_count", "unexpected"} on stdout. `missing` lists
-    /// orders older than the grace period that have no processed_events row; `unexpected` lists
+    /// "window_secs", "unchecked_older_than_window", "missing_count", "missing",
+    /// "unexpected_count", "unexpected"} on stdout. `missing` lists orders older than the grace
+    /// period, and younger than PROCESSED_EVENTS_RETENTION minus one hour (older ones' rows may
+    /// be pruned), that have no processed_events row; `unexpected` lists
     /// the event ids of processed_events rows whose order is not in the orders database. Both
     /// lists stop at --limit; their counts are complete.
     ///

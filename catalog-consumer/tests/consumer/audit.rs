@@ -146,6 +146,8 @@ async fn audit_of_orders_that_were_all_processed_exits_zero_and_counts_each_outc
             "outcomes": {"applied": 4, "insufficient_stock": 1, "unknown_product": 0},
             "grace_secs": 60,
             "unprocessed_within_grace": 0,
+            "window_secs": 7 * 86_400 - 3_600,
+            "unchecked_older_than_window": 0,
             "missing_count": 0,
             "missing": [],
             "unexpected_count": 0,
@@ -217,6 +219,27 @@ async fn order_younger_than_the_grace_period_without_a_processed_event_is_not_mi
     let audit = db.audit(&["--grace-secs", "5"]).await;
     assert_eq!(audit.code, Some(1), "stderr: {}", audit.stderr);
     assert_eq!(audit.report()["missing"], json!([young]));
+}
+
+#[tokio::test]
+async fn an_order_older_than_the_processed_events_retention_is_not_judged() {
+    let db = Databases::new().await;
+    // Eight days old: its processed event was pruned after the 7 days of retention.
+    let pruned = db.order(8.0 * 86_400.0).await;
+    let recent = db.order(AN_HOUR).await;
+    db.processed(recent, "applied").await;
+
+    let audit = db.audit(&[]).await;
+    assert_eq!(audit.code, Some(0), "stderr: {}", audit.stderr);
+    let report = audit.report();
+    assert_eq!(report["missing_count"], 0, "{report}");
+    assert_eq!(report["unchecked_older_than_window"], 1, "{report}");
+    assert_eq!(report["window_secs"], 7 * 86_400 - 3_600, "{report}");
+
+    // With a longer retention the same order is judged, and missing.
+    let audit = db.audit(&["--processed-events-retention", "30d"]).await;
+    assert_eq!(audit.code, Some(1), "stderr: {}", audit.stderr);
+    assert_eq!(audit.report()["missing"], json!([pruned]));
 }
 
 #[tokio::test]
