@@ -32,7 +32,7 @@ pub fn relay_settings(brokers: &str) -> anyhow::Result<outbox_relay::Settings> {
 /// A producer configured exactly as the relay's (`outbox_relay::publish::producer_config`).
 pub fn relay_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
     let settings = relay_settings(brokers)?;
-    outbox_relay::publish::producer_config(&settings)
+    outbox_relay::publish::producer_config(&settings)?
         .create()
         .context("cannot create the producer")
 }

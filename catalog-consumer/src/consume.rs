@@ -130,7 +130,7 @@ const STATISTICS_INTERVAL_MS: u32 = 5_000;
 
 /// Joins the group and subscribes to the order events topic.
 pub fn subscribe(settings: &Settings, metrics: &Metrics) -> anyhow::Result<GroupConsumer> {
-    let mut config = settings.kafka.client_config();
+    let mut config = settings.kafka.client_config()?;
     if let Some(instance) = &settings.consumer_instance_id {
         config.set("group.instance.id", instance);
     }

@@ -50,7 +50,7 @@ impl DeadLetters {
         topic: &str,
         message_max_bytes: u32,
     ) -> anyhow::Result<Self> {
-        let producer = kafka::idempotent_producer_config(kafka_settings)
+        let producer = kafka::idempotent_producer_config(kafka_settings)?
             .set(
                 "message.timeout.ms",
                 DELIVERY_TIMEOUT.as_millis().to_string(),

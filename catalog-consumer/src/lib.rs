@@ -77,7 +77,13 @@ pub enum Command {
     /// Run it as a read-only role: it needs only SELECT on `orders` (orders database) and on
     /// `processed_events` (catalog database).
     Audit(AuditArgs),
+    /// Exit 0 when the running consumer's GET /readyz answers 200, 1 otherwise (for container
+    /// health checks).
+    Healthcheck(outbox_core::ops::HealthcheckArgs),
 }
+
+/// The default HTTP_ADDR of `run`.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8081";
 
 /// catalog-consumer settings: flags, each with an environment variable behind it.
 #[derive(Debug, Clone, clap::Parser)]
@@ -89,7 +95,7 @@ pub enum Command {
 )]
 pub struct Settings {
     /// Address to serve HTTP on (port 0 picks a free port).
-    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8081")]
+    #[arg(long, env = "HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: String,
     /// PostgreSQL URL of the catalog database.
     #[arg(
@@ -176,6 +182,7 @@ pub struct Settings {
 impl Settings {
     /// Refuses settings that cannot work, naming the variable.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.kafka.validate()?;
         if self.dedup_window_margin >= self.processed_events_retention {
             anyhow::bail!(
                 "DEDUP_WINDOW_MARGIN ({}) must be shorter than PROCESSED_EVENTS_RETENTION ({}): \
@@ -241,7 +248,7 @@ impl Consumer {
             registry,
             vec![
                 Check::postgres(pool.clone()),
-                Check::kafka(&settings.kafka.client_config())?,
+                Check::kafka(&settings.kafka)?,
                 stall.check(Duration::from_secs(settings.stalled_after_secs)),
             ],
         );

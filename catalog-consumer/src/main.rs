@@ -15,5 +15,9 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         // No log output: stdout carries only the report.
         Command::Audit(args) => Ok(audit::print_report(&args).await),
+        Command::Healthcheck(args) => Ok(outbox_core::ops::healthcheck(
+            &args,
+            catalog_consumer::DEFAULT_HTTP_ADDR,
+        )),
     }
 }

@@ -24,6 +24,42 @@ use tokio_util::sync::CancellationToken;
 pub use error::ApiError;
 pub use metrics::Metrics;
 
+/// The command line: `run` (the default when no subcommand is given) and `healthcheck`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "order-api",
+    version,
+    about = "Takes orders over HTTP; writes each order and its outbox event in one PostgreSQL transaction.",
+    long_about = None,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: Settings,
+}
+
+impl Cli {
+    /// The subcommand to run; `run` with the top-level settings when none was given.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Run(Box::new(self.run)))
+    }
+}
+
+/// What the binary does.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Serve the API (the default).
+    Run(Box<Settings>),
+    /// Exit 0 when the running order-api's GET /readyz answers 200, 1 otherwise (for container
+    /// health checks).
+    Healthcheck(outbox_core::ops::HealthcheckArgs),
+}
+
+/// The default HTTP_ADDR of `run`.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+
 /// order-api settings: flags, each with an environment variable behind it.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -34,7 +70,7 @@ pub use metrics::Metrics;
 )]
 pub struct Settings {
     /// Address to serve HTTP on (port 0 picks a free port).
-    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: String,
     /// PostgreSQL URL of the orders database.
     #[arg(

@@ -7,10 +7,10 @@ use crate::settings::KafkaSettings;
 
 /// A producer configuration that never reorders or duplicates within a partition on retries:
 /// `enable.idempotence=true`, `acks=all`, over the shared client settings.
-pub fn idempotent_producer_config(kafka: &KafkaSettings) -> ClientConfig {
-    let mut config = kafka.client_config();
+pub fn idempotent_producer_config(kafka: &KafkaSettings) -> anyhow::Result<ClientConfig> {
+    let mut config = kafka.client_config()?;
     config.set("enable.idempotence", "true").set("acks", "all");
-    config
+    Ok(config)
 }
 
 /// Whether a produce failure is about the message or about the broker.

@@ -5,10 +5,7 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use actix_web::{http::StatusCode, web, HttpResponse};
 use prometheus::{Encoder, Registry, TextEncoder};
-use rdkafka::{
-    producer::{BaseProducer, Producer},
-    ClientConfig,
-};
+use rdkafka::producer::{BaseProducer, Producer};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -73,8 +70,9 @@ impl Check {
 
     /// A check that the broker answers a metadata request. The client is built once, so the
     /// check reuses its connections.
-    pub fn kafka(config: &ClientConfig) -> anyhow::Result<Self> {
-        let client: Arc<BaseProducer> = Arc::new(config.create()?);
+    pub fn kafka(settings: &crate::settings::KafkaSettings) -> anyhow::Result<Self> {
+        let client: Arc<BaseProducer> = Arc::new(settings.client_config()?.create()?);
+        let hint = settings.connection_hint();
         Ok(Self {
             name: "kafka",
             probe: Arc::new(move || {
@@ -85,7 +83,7 @@ impl Check {
                             .client()
                             .fetch_metadata(None, Duration::from_secs(2))
                             .map(|_| ())
-                            .map_err(|e| e.to_string())
+                            .map_err(|e| format!("{e} ({hint})"))
                     })
                     .await
                     .map_err(|e| e.to_string())?
@@ -189,4 +187,65 @@ async fn metrics(ops: web::Data<Ops>) -> HttpResponse {
             &error.to_string(),
         ),
     }
+}
+
+/// `<binary> healthcheck`: asks the service's own `/readyz` (for a container `HEALTHCHECK` or
+/// compose `healthcheck`, where no curl exists).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthcheckArgs {
+    /// The service's HTTP address (its HTTP_ADDR; a wildcard host is asked on 127.0.0.1).
+    #[arg(long, env = "HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 3)]
+    pub timeout_secs: u64,
+}
+
+/// Runs `healthcheck`: exit 0 when `GET /readyz` answers 200, 1 otherwise (with the reason on
+/// stderr). `default_addr` is the service's default HTTP_ADDR.
+pub fn healthcheck(args: &HealthcheckArgs, default_addr: &str) -> std::process::ExitCode {
+    let addr = args.http_addr.as_deref().unwrap_or(default_addr);
+    match readyz_status(addr, Duration::from_secs(args.timeout_secs.max(1))) {
+        Ok(200) => std::process::ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("not ready: GET http://{addr}/readyz answered {status}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("not ready: GET http://{addr}/readyz failed: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The status code of `GET /readyz` at `addr`, over a plain HTTP/1.0 connection.
+fn readyz_status(addr: &str, timeout: Duration) -> std::io::Result<u16> {
+    use std::{
+        io::{Read, Write},
+        net::{SocketAddr, TcpStream, ToSocketAddrs},
+    };
+    let mut target: SocketAddr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{addr} resolves to no address")))?;
+    if target.ip().is_unspecified() {
+        target.set_ip(match target {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let mut stream = TcpStream::connect_timeout(&target, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET /readyz HTTP/1.0\r\nHost: {target}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 64];
+    let read = stream.read(&mut head)?;
+    let line = String::from_utf8_lossy(&head[..read]);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {line:?}")))
 }

@@ -43,7 +43,7 @@ pub struct Cli {
 impl Cli {
     /// The subcommand to run; `run` with the top-level settings when none was given.
     pub fn into_command(self) -> Command {
-        self.command.unwrap_or(Command::Run(self.run))
+        self.command.unwrap_or(Command::Run(Box::new(self.run)))
     }
 }
 
@@ -51,7 +51,7 @@ impl Cli {
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
     /// Run the relay (the default).
-    Run(Settings),
+    Run(Box<Settings>),
     /// Print one JSON object: {"pending", "dead", "parked", "oldest_pending_age_seconds"}.
     Status(AdminSettings),
     /// Put dead rows (and the rows parked behind them) back to pending, in order. Prints
@@ -61,14 +61,20 @@ pub enum Command {
     /// List dead rows, oldest first, one JSON object per line: id, event_id, partition_key,
     /// attempts, age_seconds, last_error.
     Dead(DeadArgs),
+    /// Exit 0 when the running relay's GET /readyz answers 200, 1 otherwise (for container
+    /// health checks).
+    Healthcheck(outbox_core::ops::HealthcheckArgs),
 }
+
+/// The default HTTP_ADDR of `run`.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8082";
 
 /// How the relay runs: flags, each with an environment variable behind it.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "outbox-relay", args_override_self = true)]
 pub struct Settings {
     /// Address to serve /healthz, /readyz, /metrics and /status on (port 0 picks a free port).
-    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8082")]
+    #[arg(long, env = "HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: String,
     /// PostgreSQL URL of the orders database.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
@@ -134,6 +140,7 @@ pub struct Settings {
 impl Settings {
     /// Refuses combinations that would wedge the relay, naming the settings to change.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.kafka.validate()?;
         if self.message_timeout_ms <= self.linger_ms {
             anyhow::bail!(
                 "MESSAGE_TIMEOUT_MS ({}) must be longer than LINGER_MS ({}): every message would \

@@ -33,8 +33,8 @@ use crate::{claim::ClaimedRow, Settings};
 
 /// The producer configuration: idempotent, `acks=all`, a message timeout long enough to ride out
 /// a broker blip, a short linger so single rows go out within milliseconds.
-pub fn producer_config(settings: &Settings) -> ClientConfig {
-    let mut config = kafka::idempotent_producer_config(&settings.kafka);
+pub fn producer_config(settings: &Settings) -> anyhow::Result<ClientConfig> {
+    let mut config = kafka::idempotent_producer_config(&settings.kafka)?;
     config
         .set("client.id", "outbox-relay")
         .set(
@@ -47,7 +47,7 @@ pub fn producer_config(settings: &Settings) -> ClientConfig {
             "batch.size",
             settings.message_max_bytes.min(1_000_000).to_string(),
         );
-    config
+    Ok(config)
 }
 
 /// One failed send or delivery.

@@ -131,7 +131,7 @@ impl Relay {
     /// Creates the producer and binds the HTTP port over an existing pool.
     pub fn build_with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
         settings.validate()?;
-        let producer: FutureProducer = publish::producer_config(&settings)
+        let producer: FutureProducer = publish::producer_config(&settings)?
             .create()
             .context("cannot create the Kafka producer")?;
         let listener = TcpListener::bind(&settings.http_addr)
@@ -140,7 +140,7 @@ impl Relay {
         let registry = prometheus::Registry::new();
         let metrics = Metrics::register(&registry)?;
         let database = Check::postgres(pool.clone());
-        let broker = Check::kafka(&settings.kafka.client_config())?;
+        let broker = Check::kafka(&settings.kafka)?;
         let ops = Ops::new(registry, vec![database.clone(), broker.clone()]);
         let status_pool = actix_web::web::Data::new(pool.clone());
         let server = HttpServer::new(move || {
@@ -551,7 +551,9 @@ impl Inner {
             }
             if let Some((code, reason)) = self.producer().client().fatal_error() {
                 tracing::error!(?code, %reason, "the producer failed fatally; creating a new one");
-                match publish::producer_config(&self.settings).create::<FutureProducer>() {
+                let created = publish::producer_config(&self.settings)
+                    .and_then(|config| Ok(config.create::<FutureProducer>()?));
+                match created {
                     Ok(producer) => *self.producer.lock().expect("producer lock") = producer,
                     Err(error) => {
                         tracing::error!(%error, "cannot create a new producer");

@@ -1,7 +1,8 @@
-//! The Grafana dashboard in `deploy/grafana/` queries only metrics the services export: the
-//! three binaries run against their own databases and topic, one order goes through, and every
-//! metric name in every panel's query must appear in some service's `/metrics`. Renaming a
-//! metric in a service without updating the dashboard fails this test.
+//! The three binaries as processes against their own databases and topic: their `healthcheck`
+//! subcommands, and the Grafana dashboard in `deploy/grafana/`, which must query only metrics
+//! the services export: one order goes through, and every metric name in every panel's query
+//! must appear in some service's `/metrics`. Renaming a metric in a service without updating
+//! the dashboard fails this test.
 
 use std::{
     collections::BTreeSet,
@@ -122,6 +123,35 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported_by_a_service() {
         .await
         .unwrap_or_else(|_| panic!("{url} ready"));
     }
+    // The `healthcheck` subcommand (container health checks) agrees with /readyz, and fails
+    // when nothing answers.
+    for (binary, address) in [
+        ("order-api", &api_addr),
+        ("outbox-relay", &relay_addr),
+        ("catalog-consumer", &consumer_addr),
+    ] {
+        let ready = Command::new(workspace_binary(binary))
+            .arg("healthcheck")
+            .env("HTTP_ADDR", address)
+            .output()
+            .unwrap();
+        assert!(ready.status.success(), "{binary} healthcheck: {ready:?}");
+        let nobody = format!("127.0.0.1:{}", free_port());
+        let down = Command::new(workspace_binary(binary))
+            .args(["healthcheck", "--http-addr", &nobody])
+            .output()
+            .unwrap();
+        assert_eq!(
+            down.status.code(),
+            Some(1),
+            "{binary} healthcheck of nothing"
+        );
+        assert!(
+            String::from_utf8_lossy(&down.stderr).contains("/readyz"),
+            "{binary}: {down:?}"
+        );
+    }
+
     let order = http
         .post(format!("http://{api_addr}/orders"))
         .json(&serde_json::json!({

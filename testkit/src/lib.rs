@@ -51,9 +51,33 @@ mod containers {
     use testcontainers_modules::{
         kafka::apache::Kafka,
         postgres::Postgres,
-        testcontainers::{runners::AsyncRunner, ContainerAsync},
+        testcontainers::{runners::AsyncRunner, ContainerAsync, ImageExt},
     };
     use tokio::sync::OnceCell;
+
+    /// The PostgreSQL major version of compose.yaml (the orders migration needs 12 or later;
+    /// the module's default image is 11).
+    pub const POSTGRES_TAG: &str = "17";
+    /// The Kafka image of compose.yaml.
+    pub const KAFKA_TAG: &str = "3.9.1";
+
+    /// Removes the container once this test process has exited: the statics holding the
+    /// containers are never dropped, so without this every run would leave two behind.
+    fn remove_when_this_process_ends(id: &str) {
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; docker rm -f -v {id} >/dev/null 2>&1",
+            pid = std::process::id()
+        );
+        let spawned = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Err(error) = spawned {
+            eprintln!("cannot watch container {id} for removal: {error}");
+        }
+    }
 
     // Kept for the life of the test process.
     static POSTGRES: OnceCell<ContainerAsync<Postgres>> = OnceCell::const_new();
@@ -68,10 +92,13 @@ mod containers {
             None => {
                 let container = POSTGRES
                     .get_or_init(|| async {
-                        Postgres::default()
+                        let container = Postgres::default()
+                            .with_tag(POSTGRES_TAG)
                             .start()
                             .await
-                            .expect("start postgres container")
+                            .expect("start postgres container");
+                        remove_when_this_process_ends(container.id());
+                        container
                     })
                     .await;
                 let port = container
@@ -86,10 +113,13 @@ mod containers {
             None => {
                 let container = KAFKA
                     .get_or_init(|| async {
-                        Kafka::default()
+                        let container = Kafka::default()
+                            .with_tag(KAFKA_TAG)
                             .start()
                             .await
-                            .expect("start kafka container")
+                            .expect("start kafka container");
+                        remove_when_this_process_ends(container.id());
+                        container
                     })
                     .await;
                 let port = container

@@ -111,7 +111,13 @@ fn help_lists_every_setting_with_its_environment_variable_and_default() {
         .output()
         .unwrap();
     assert!(output.status.success());
-    let help = String::from_utf8(output.stdout).unwrap();
+    // Whitespace normalised: clap puts `[default: …]` on the line after `[env: …]` when the
+    // help is wide.
+    let help = String::from_utf8(output.stdout)
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     for (variable, default) in [
         ("HTTP_ADDR", Some("127.0.0.1:8081")),
         (

@@ -117,6 +117,73 @@ fn compose_services_ports_and_variables_match_the_binaries() {
             }
         }
     }
+    // Each service's health is its own binary's `healthcheck` (the image has no curl), and it
+    // waits only for what it talks to.
+    let clis = [
+        ("order-api", order_api::Cli::command()),
+        ("outbox-relay", outbox_relay::Cli::command()),
+        ("catalog-consumer", catalog_consumer::Cli::command()),
+    ];
+    for (name, cli) in clis {
+        let service = &compose["services"][name];
+        assert!(
+            cli.find_subcommand("healthcheck").is_some(),
+            "{name} has a healthcheck subcommand"
+        );
+        let test: Vec<&str> = service["healthcheck"]["test"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name} has a healthcheck"))
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(test, ["CMD", name, "healthcheck"], "{name}: healthcheck");
+
+        let env = environment(service);
+        let mut needed = BTreeMap::new();
+        if env["DATABASE_URL"].contains("@postgres:") {
+            needed.insert("postgres".to_owned(), "service_healthy".to_owned());
+        }
+        if env
+            .get("KAFKA_BROKERS")
+            .is_some_and(|b| b.starts_with("kafka:"))
+        {
+            needed.insert(
+                "kafka-topics".to_owned(),
+                "service_completed_successfully".to_owned(),
+            );
+        }
+        let depends: BTreeMap<String, String> = service["depends_on"]
+            .as_mapping()
+            .expect("depends_on is a mapping")
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().unwrap().to_owned(),
+                    v["condition"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            depends, needed,
+            "{name}: depends on exactly what it talks to"
+        );
+    }
+    let postgres_check = compose["services"]["postgres"]["healthcheck"]["test"][1]
+        .as_str()
+        .unwrap();
+    assert!(
+        postgres_check.contains("pg_isready -h 127.0.0.1"),
+        "PostgreSQL's healthcheck goes over TCP (the init server only listens on the socket): {postgres_check}"
+    );
+    for durable in ["postgres", "kafka"] {
+        assert!(
+            compose["services"][durable]["volumes"]
+                .as_sequence()
+                .is_some_and(|v| v.iter().any(|v| v.as_str().unwrap().contains("-data:"))),
+            "{durable} keeps its data in a named volume"
+        );
+    }
+
     let seed = &compose["services"]["seed-demo"];
     assert!(
         seed["command"][0].as_str().unwrap().contains("-d catalog")
@@ -132,4 +199,49 @@ fn compose_services_ports_and_variables_match_the_binaries() {
     ))
     .unwrap();
     assert!(init.contains("create database orders") && init.contains("create database catalog"));
+}
+
+#[test]
+fn the_dockerfile_caches_dependencies_and_checks_health() {
+    let dockerfile =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Dockerfile")).unwrap();
+    let workspace: toml_like::Members = toml_like::members(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml")).unwrap(),
+    );
+    for member in &workspace {
+        assert!(
+            dockerfile.contains(&format!("COPY {member}/Cargo.toml {member}/")),
+            "the dependency stage copies {member}'s manifest"
+        );
+    }
+    let deps_stage = dockerfile
+        .split("FROM deps AS build")
+        .next()
+        .expect("a deps stage");
+    assert!(
+        deps_stage.contains("cargo build --release") && !deps_stage.contains("COPY . ."),
+        "dependencies are built before the sources are copied"
+    );
+    assert!(
+        dockerfile.contains(r#"HEALTHCHECK"#)
+            && dockerfile.contains(r#"["order-api", "healthcheck"]"#),
+        "the image checks its health with the binary's healthcheck"
+    );
+}
+
+/// The workspace members of a Cargo.toml, without a TOML parser.
+mod toml_like {
+    pub type Members = Vec<String>;
+
+    pub fn members(manifest: &str) -> Members {
+        let line = manifest
+            .lines()
+            .find(|line| line.trim_start().starts_with("members"))
+            .expect("a members line");
+        line.split('"')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
 }
