@@ -37,6 +37,10 @@ cargo build --workspace --bins --locked
 mkdir -p .local
 cargo test --workspace --exclude system-tests --locked -- --test-threads "${TEST_THREADS:-8}" 2>&1 |
   tee .local/test-output.log
+
+step "schemathesis: an outside client fuzzes order-api's generated OpenAPI document"
+scripts/schemathesis.sh debug
+
 # The chaos system test runs alone, after the rest: it needs the machine's cores, and runs the
 # services as real processes against a broker of its own (the pinned nisshi, which it pauses).
 scripts/infra.sh install-broker

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// An order as stored and as returned by the API.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Order {
     pub order_id: Uuid,
@@ -17,7 +17,9 @@ pub struct Order {
     pub product_id: String,
     pub quantity: i32,
     pub unit_price: i64,
+    /// quantity × unitPrice, minor units.
     pub total_price: i64,
+    #[schema(example = "PLACED")]
     pub status: String,
     pub created_at: DateTime<Utc>,
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 /// The body of every error response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody<'a> {
     /// A stable machine-readable code, e.g. `invalid_json`.
     pub error: &'a str,
@@ -31,14 +31,30 @@ pub async fn not_found() -> HttpResponse {
     error_response(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
-/// The default service of a known resource for a method it does not serve: a JSON 405.
-pub async fn method_not_allowed() -> HttpResponse {
-    error_response(
+/// The default service of a known resource for a method it does not serve: a JSON 405 with
+/// the `Allow` header RFC 9110 asks for (`allow` lists the methods the resource serves).
+pub async fn method_not_allowed(allow: &'static str) -> HttpResponse {
+    let mut response = error_response(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "this route does not accept that method",
-    )
+        &format!("this route accepts {allow} only"),
+    );
+    response.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static(allow),
+    );
+    response
 }
+
+/// A resource that answers other methods than GET (and HEAD) with 405 and `Allow: GET`.
+pub fn get_only(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(|| method_not_allowed("GET")))
+}
+
+/// The OpenAPI description of what [`Ops::configure`] serves, for each service's document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(healthz, readyz, metrics), components(schemas(ErrorBody)))]
+pub struct OpsApi;
 
 type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
@@ -147,16 +163,25 @@ impl Ops {
     /// Adds `/healthz`, `/readyz` and `/metrics` to an app.
     pub fn configure(&self, cfg: &mut web::ServiceConfig) {
         cfg.app_data(web::Data::new(self.clone()))
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics));
+            .service(get_only("/healthz").route(web::get().to(healthz)))
+            .service(get_only("/readyz").route(web::get().to(readyz)))
+            .service(get_only("/metrics").route(web::get().to(metrics)));
     }
 }
 
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive: `{\"status\": \"ok\"}`", body = Object)))]
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
+/// Every dependency answers (database; Kafka where used).
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready: `{\"status\": \"ready\"}`", body = Object),
+        (status = 503, description = "Not ready; the message names what does not answer", body = ErrorBody),
+    ))]
 async fn readyz(ops: web::Data<Ops>) -> HttpResponse {
     match ops.ready().await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
@@ -175,6 +200,12 @@ async fn readyz(ops: web::Data<Ops>) -> HttpResponse {
     }
 }
 
+/// Prometheus metrics, text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Metrics", content_type = "text/plain", body = String),
+        (status = 500, description = "The metrics could not be rendered", body = ErrorBody),
+    ))]
 async fn metrics(ops: web::Data<Ops>) -> HttpResponse {
     let mut buffer = Vec::new();
     match TextEncoder::new().encode(&ops.registry.gather(), &mut buffer) {

@@ -5,7 +5,7 @@ use outbox_core::{event::validate_id, ops::error_response};
 use serde::Serialize;
 use sqlx::PgPool;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Product {
     pub product_id: String,
@@ -60,6 +60,13 @@ impl ResponseError for CatalogError {
     }
 }
 
+/// Every product with its current stock, ordered by id.
+#[utoipa::path(get, path = "/catalogs", tag = "catalog",
+    responses(
+        (status = 200, description = "The products", body = Vec<Product>),
+        (status = 500, description = "Unexpected failure (logged)", body = outbox_core::ops::ErrorBody),
+        (status = 503, description = "Database unavailable", body = outbox_core::ops::ErrorBody),
+    ))]
 #[tracing::instrument(skip_all)]
 pub(crate) async fn list_products(pool: web::Data<PgPool>) -> Result<HttpResponse, CatalogError> {
     let products = sqlx::query_as!(
@@ -71,6 +78,15 @@ pub(crate) async fn list_products(pool: web::Data<PgPool>) -> Result<HttpRespons
     Ok(HttpResponse::Ok().json(products))
 }
 
+/// One product with its current stock.
+#[utoipa::path(get, path = "/catalogs/{productId}", tag = "catalog",
+    params(("productId" = String, Path, description = "The product's id")),
+    responses(
+        (status = 200, description = "The product", body = Product),
+        (status = 404, description = "No such product", body = outbox_core::ops::ErrorBody),
+        (status = 500, description = "Unexpected failure (logged)", body = outbox_core::ops::ErrorBody),
+        (status = 503, description = "Database unavailable", body = outbox_core::ops::ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(product_id = %product_id))]
 pub(crate) async fn get_product(
     pool: web::Data<PgPool>,

@@ -1,4 +1,5 @@
 mod catalogs;
+mod openapi;
 
 pub use catalogs::Product;
 
@@ -9,11 +10,12 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/catalogs")
             .route(web::get().to(catalogs::list_products))
-            .default_service(web::to(ops::method_not_allowed)),
+            .default_service(web::to(|| ops::method_not_allowed("GET"))),
     )
     .service(
         web::resource("/catalogs/{product_id}")
             .route(web::get().to(catalogs::get_product))
-            .default_service(web::to(ops::method_not_allowed)),
-    );
+            .default_service(web::to(|| ops::method_not_allowed("GET"))),
+    )
+    .service(ops::get_only("/openapi.json").route(web::get().to(openapi::document)));
 }

@@ -67,8 +67,28 @@ async fn one_catalog_entry_is_served_and_an_unknown_one_is_a_json_404() {
         .await
         .unwrap();
     assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "method_not_allowed");
+
+    // The generated OpenAPI document lists every route with its answers.
+    let openapi: Value = consumer.get("/openapi.json").await.json().await.unwrap();
+    for (path, statuses) in [
+        ("/catalogs", vec!["200", "500", "503"]),
+        ("/catalogs/{productId}", vec!["200", "404", "500", "503"]),
+        ("/healthz", vec!["200"]),
+        ("/readyz", vec!["200", "503"]),
+        ("/metrics", vec!["200", "500"]),
+        ("/openapi.json", vec!["200"]),
+    ] {
+        let documented: Vec<&String> = openapi["paths"][path]["get"]["responses"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{path} is documented"))
+            .keys()
+            .collect();
+        assert_eq!(documented, statuses, "{path}");
+    }
+    assert!(openapi["components"]["schemas"].get("Product").is_some());
     consumer.stop().await;
 }
 

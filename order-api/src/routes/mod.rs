@@ -9,17 +9,17 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
         .service(
             web::resource("/orders")
                 .route(web::post().to(orders::create_order))
-                .default_service(web::to(ops::method_not_allowed)),
+                .default_service(web::to(|| ops::method_not_allowed("POST"))),
         )
         .service(
             web::resource("/orders/{order_id}")
                 .route(web::get().to(orders::get_order))
-                .default_service(web::to(ops::method_not_allowed)),
+                .default_service(web::to(|| ops::method_not_allowed("GET"))),
         )
         .service(
             web::resource("/users/{user_id}/orders")
                 .route(web::get().to(orders::list_user_orders))
-                .default_service(web::to(ops::method_not_allowed)),
+                .default_service(web::to(|| ops::method_not_allowed("GET"))),
         )
-        .route("/openapi.json", web::get().to(openapi::document));
+        .service(ops::get_only("/openapi.json").route(web::get().to(openapi::document)));
 }

@@ -1,113 +1,138 @@
-use actix_web::HttpResponse;
-use serde_json::{json, Value};
+//! `GET /openapi.json`: the OpenAPI 3.1 document of order-api, generated from the handlers'
+//! `#[utoipa::path]` annotations and the types they take and return. The limits come from the
+//! constants the validation uses (see [`limits`]), never from numbers written here twice.
 
-fn error_response(description: &str) -> Value {
-    json!({
-        "description": description,
-        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
-    })
+use actix_web::HttpResponse;
+use outbox_core::{
+    event::{MAX_ID_LEN, MAX_QUANTITY, MAX_UNIT_PRICE},
+    ops::OpsApi,
+};
+use utoipa::{
+    openapi::{
+        path::{Operation, ParameterIn},
+        schema::{AdditionalProperties, KnownFormat, ObjectBuilder, SchemaFormat, Type},
+        OpenApi as Document, RefOr, Schema,
+    },
+    Modify, OpenApi, PartialSchema, ToSchema,
+};
+
+use super::orders::{self, CreateOrder, MAX_IDEMPOTENCY_KEY_LEN, MAX_LIST_LIMIT};
+
+/// Every route of order-api.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "order-api",
+        description = "Places orders; each order and its order.placed.v1 event are written in one transaction."
+    ),
+    paths(orders::create_order, orders::get_order, orders::list_user_orders, document),
+    components(schemas(CreateOrder, crate::orders::Order)),
+    modifiers(&Limits)
+)]
+pub(crate) struct ApiDoc;
+
+/// The whole document: the routes above and the operations routes of every service.
+pub(crate) fn api() -> Document {
+    let mut document = ApiDoc::openapi();
+    document.merge(OpsApi::openapi());
+    document
 }
 
-/// `GET /openapi.json`: every endpoint of order-api, as OpenAPI 3.0.
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", body = Object)))]
 pub(crate) async fn document() -> HttpResponse {
-    let order_ref = json!({ "$ref": "#/components/schemas/Order" });
-    let doc = json!({
-        "openapi": "3.0.3",
-        "info": {
-            "title": "order-api",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "Places orders; each order and its order.placed.v1 event are written in one transaction."
-        },
-        "paths": {
-            "/orders": {
-                "post": {
-                    "summary": "Place an order",
-                    "parameters": [{
-                        "name": "Idempotency-Key", "in": "header", "required": false,
-                        "description": "A retry with the same key and body returns the same order; the same key with another body gets 422.",
-                        "schema": { "type": "string", "minLength": 1, "maxLength": 255 }
-                    }, {
-                        "name": "traceparent", "in": "header", "required": false,
-                        "description": "W3C trace context, carried on the event.",
-                        "schema": { "type": "string" }
-                    }],
-                    "requestBody": {
-                        "required": true,
-                        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/CreateOrder" } } }
-                    },
-                    "responses": {
-                        "201": { "description": "Order placed (or replayed for an Idempotency-Key)", "content": { "application/json": { "schema": order_ref } } },
-                        "400": error_response("Malformed JSON or header"),
-                        "413": error_response("Body too large"),
-                        "415": error_response("Content type is not application/json"),
-                        "422": error_response("Invalid field, or Idempotency-Key reused with another body"),
-                        "503": error_response("Database unavailable")
-                    }
-                }
-            },
-            "/orders/{orderId}": {
-                "get": {
-                    "summary": "One order",
-                    "parameters": [{ "name": "orderId", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } }],
-                    "responses": {
-                        "200": { "description": "The order", "content": { "application/json": { "schema": order_ref } } },
-                        "400": error_response("orderId is not a UUID"),
-                        "404": error_response("No such order")
-                    }
-                }
-            },
-            "/users/{userId}/orders": {
-                "get": {
-                    "summary": "A user's orders, newest first",
-                    "parameters": [
-                        { "name": "userId", "in": "path", "required": true, "schema": { "type": "string" } },
-                        { "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } }
-                    ],
-                    "responses": {
-                        "200": { "description": "The orders", "content": { "application/json": { "schema": { "type": "array", "items": order_ref } } } },
-                        "400": error_response("Invalid userId or limit")
-                    }
-                }
-            },
-            "/healthz": { "get": { "summary": "The process is alive", "responses": { "200": { "description": "Alive" } } } },
-            "/readyz": { "get": { "summary": "The database answers", "responses": { "200": { "description": "Ready" }, "503": error_response("Not ready") } } },
-            "/metrics": { "get": { "summary": "Prometheus metrics", "responses": { "200": { "description": "Text exposition format", "content": { "text/plain": {} } } } } },
-            "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.0 document" } } } }
-        },
-        "components": {
-            "schemas": {
-                "CreateOrder": {
-                    "type": "object",
-                    "additionalProperties": false,
-                    "required": ["userId", "productId", "quantity", "unitPrice"],
-                    "properties": {
-                        "userId": { "type": "string", "minLength": 1, "maxLength": 128 },
-                        "productId": { "type": "string", "minLength": 1, "maxLength": 128 },
-                        "quantity": { "type": "integer", "minimum": 1, "maximum": outbox_core::event::MAX_QUANTITY },
-                        "unitPrice": { "type": "integer", "minimum": 0, "maximum": outbox_core::event::MAX_UNIT_PRICE, "description": "Minor units" }
-                    }
-                },
-                "Order": {
-                    "type": "object",
-                    "required": ["orderId", "userId", "productId", "quantity", "unitPrice", "totalPrice", "status", "createdAt"],
-                    "properties": {
-                        "orderId": { "type": "string", "format": "uuid" },
-                        "userId": { "type": "string" },
-                        "productId": { "type": "string" },
-                        "quantity": { "type": "integer" },
-                        "unitPrice": { "type": "integer" },
-                        "totalPrice": { "type": "integer", "description": "quantity * unitPrice, minor units" },
-                        "status": { "type": "string", "enum": ["PLACED"] },
-                        "createdAt": { "type": "string", "format": "date-time" }
-                    }
-                },
-                "Error": {
-                    "type": "object",
-                    "required": ["error", "message"],
-                    "properties": { "error": { "type": "string" }, "message": { "type": "string" } }
-                }
+    HttpResponse::Ok().json(api())
+}
+
+/// A user or product id as `outbox_core::event::validate_id` accepts it: 1 to [`MAX_ID_LEN`]
+/// characters, no control character, not only white space.
+pub(crate) fn id_schema(description: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .min_length(Some(1))
+        .max_length(Some(MAX_ID_LEN))
+        .pattern(Some(ID_PATTERN))
+}
+
+/// No control character (Unicode Cc: U+0000-U+001F, U+007F-U+009F), and one character at least
+/// that is not white space.
+const ID_PATTERN: &str = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$";
+
+/// `Idempotency-Key`: 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] visible ASCII characters.
+fn idempotency_key_pattern() -> String {
+    format!("^[\\x21-\\x7E]{{1,{MAX_IDEMPOTENCY_KEY_LEN}}}$")
+}
+
+impl PartialSchema for CreateOrder {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .property("userId", id_schema("Who places the order."))
+            .required("userId")
+            .property(
+                "productId",
+                id_schema("The product sold; also the event's Kafka key."),
+            )
+            .required("productId")
+            .property(
+                "quantity",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+                    .minimum(Some(1))
+                    .maximum(Some(MAX_QUANTITY)),
+            )
+            .required("quantity")
+            .property(
+                "unitPrice",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                    .description(Some(
+                        "Minor units; quantity × unitPrice must fit in 64 bits.",
+                    ))
+                    .minimum(Some(0))
+                    .maximum(Some(MAX_UNIT_PRICE)),
+            )
+            .required("unitPrice")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .into()
+    }
+}
+
+impl ToSchema for CreateOrder {}
+
+/// Puts the limits of the header and query parameters, from the validation's constants, into
+/// the operations the path macros described.
+struct Limits;
+
+impl Modify for Limits {
+    fn modify(&self, document: &mut Document) {
+        let operations = document.paths.paths.iter_mut().flat_map(|(_, item)| {
+            [&mut item.get, &mut item.post]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<&mut Operation>>()
+        });
+        for operation in operations {
+            for parameter in operation.parameters.iter_mut().flatten() {
+                let schema = match (&parameter.parameter_in, parameter.name.as_str()) {
+                    (ParameterIn::Header, "Idempotency-Key") => ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .min_length(Some(1))
+                        .max_length(Some(MAX_IDEMPOTENCY_KEY_LEN))
+                        .pattern(Some(idempotency_key_pattern())),
+                    (ParameterIn::Query, "limit") => ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(1))
+                        .maximum(Some(MAX_LIST_LIMIT))
+                        .default(Some(100.into())),
+                    (ParameterIn::Path, "userId") => id_schema("Whose orders."),
+                    _ => continue,
+                };
+                parameter.schema = Some(schema.into());
             }
         }
-    });
-    HttpResponse::Ok().json(doc)
+    }
 }

@@ -14,19 +14,46 @@ use crate::{
 
 pub(crate) struct BodyLimit(pub usize);
 
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+pub(crate) const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 const MAX_ERROR_DETAIL: usize = 200;
 
 /// The body of `POST /orders`, as the seed's OrderDto.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CreateOrder {
+pub(crate) struct CreateOrder {
     user_id: String,
     product_id: String,
     quantity: i64,
     unit_price: i64,
 }
 
+/// Place an order: the order and its order.placed.v1 event are written in one transaction.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    request_body(content = CreateOrder, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "A retry with the same key and body returns the same order (for IDEMPOTENCY_KEY_RETENTION); the same key with another body gets 422."),
+        ("traceparent" = Option<String>, Header,
+            description = "W3C trace context, continued on the event; a new one is made when absent or invalid."),
+    ),
+    responses(
+        (status = 201, description = "Order placed, or replayed for an Idempotency-Key", body = crate::orders::Order,
+            headers(
+                ("Location" = String, description = "/orders/{orderId}"),
+                ("idempotent-replayed" = String, description = "`true` when the order was placed by an earlier request with the same Idempotency-Key"),
+            )),
+        (status = 400, description = "Malformed JSON, or an invalid Idempotency-Key", body = outbox_core::ops::ErrorBody),
+        (status = 413, description = "Body larger than MAX_BODY_BYTES", body = outbox_core::ops::ErrorBody),
+        (status = 415, description = "Content type is not application/json", body = outbox_core::ops::ErrorBody),
+        (status = 422, description = "A field is invalid (`validation_failed`), or the Idempotency-Key was used with another body (`idempotency_key_reused`)", body = outbox_core::ops::ErrorBody),
+        (status = 500, description = "Unexpected failure (logged)", body = outbox_core::ops::ErrorBody),
+        (status = 503, description = "Database unavailable (`service_unavailable`), or the outbox lags past MAX_OUTBOX_LAG_SECS (`outbox_lagging`, with Retry-After)", body = outbox_core::ops::ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds, with `outbox_lagging`"))),
+    )
+)]
 #[tracing::instrument(skip_all, fields(order_id, idempotency_key))]
 pub(crate) async fn create_order(
     request: HttpRequest,
@@ -238,6 +265,20 @@ fn truncate(text: &str) -> String {
     format!("{}…", &text[..end])
 }
 
+/// One order.
+#[utoipa::path(
+    get,
+    path = "/orders/{orderId}",
+    tag = "orders",
+    params(("orderId" = uuid::Uuid, Path, description = "The order's id")),
+    responses(
+        (status = 200, description = "The order", body = crate::orders::Order),
+        (status = 400, description = "orderId is not a UUID", body = outbox_core::ops::ErrorBody),
+        (status = 404, description = "No such order", body = outbox_core::ops::ErrorBody),
+        (status = 500, description = "Unexpected failure (logged)", body = outbox_core::ops::ErrorBody),
+        (status = 503, description = "Database unavailable", body = outbox_core::ops::ErrorBody),
+    )
+)]
 #[tracing::instrument(skip(state))]
 pub(crate) async fn get_order(
     path: web::Path<String>,
@@ -256,8 +297,24 @@ pub(crate) struct ListQuery {
     limit: Option<i64>,
 }
 
-const MAX_LIST_LIMIT: i64 = 1000;
+pub(crate) const MAX_LIST_LIMIT: i64 = 1000;
 
+/// A user's orders, newest first.
+#[utoipa::path(
+    get,
+    path = "/users/{userId}/orders",
+    tag = "orders",
+    params(
+        ("userId" = String, Path, description = "Whose orders"),
+        ("limit" = Option<i64>, Query, description = "Most orders returned"),
+    ),
+    responses(
+        (status = 200, description = "The orders", body = Vec<crate::orders::Order>),
+        (status = 400, description = "Invalid userId or limit", body = outbox_core::ops::ErrorBody),
+        (status = 500, description = "Unexpected failure (logged)", body = outbox_core::ops::ErrorBody),
+        (status = 503, description = "Database unavailable", body = outbox_core::ops::ErrorBody),
+    )
+)]
 #[tracing::instrument(skip(state, query))]
 pub(crate) async fn list_user_orders(
     path: web::Path<String>,

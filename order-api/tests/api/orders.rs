@@ -253,6 +253,107 @@ async fn health_readiness_metrics_and_openapi_are_served() {
 }
 
 #[tokio::test]
+async fn the_generated_openapi_document_states_every_route_header_error_and_limit() {
+    let app = spawn_app().await;
+    let openapi: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let paths = openapi["paths"].as_object().expect("paths");
+    let routes: std::collections::BTreeSet<String> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| format!("{} {path}", method.to_uppercase()))
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            "POST /orders",
+            "GET /orders/{orderId}",
+            "GET /users/{userId}/orders",
+            "GET /healthz",
+            "GET /readyz",
+            "GET /metrics",
+            "GET /openapi.json",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()
+    );
+
+    let post = &openapi["paths"]["/orders"]["post"];
+    let statuses: Vec<&String> = post["responses"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        statuses,
+        ["201", "400", "413", "415", "422", "500", "503"],
+        "every answer of POST /orders"
+    );
+    let created = &post["responses"]["201"];
+    assert!(created["headers"].get("Location").is_some(), "{created}");
+    assert!(
+        created["headers"].get("idempotent-replayed").is_some(),
+        "{created}"
+    );
+    assert!(
+        post["responses"]["503"]["headers"]
+            .get("Retry-After")
+            .is_some(),
+        "outbox_lagging's Retry-After"
+    );
+    for status in ["400", "422", "503"] {
+        assert_eq!(
+            post["responses"][status]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ErrorBody",
+            "{status} has the error body"
+        );
+    }
+    let key = post["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "Idempotency-Key")
+        .expect("Idempotency-Key is documented");
+    assert_eq!(key["in"], "header");
+    assert_eq!(key["schema"]["maxLength"], 255);
+    assert!(key["schema"]["pattern"].is_string(), "{key}");
+
+    // The limits are the validation's constants.
+    let create = &openapi["components"]["schemas"]["CreateOrder"];
+    assert_eq!(
+        create["properties"]["quantity"]["maximum"],
+        outbox_core::event::MAX_QUANTITY
+    );
+    assert_eq!(
+        create["properties"]["unitPrice"]["maximum"],
+        outbox_core::event::MAX_UNIT_PRICE
+    );
+    assert_eq!(
+        create["properties"]["userId"]["maxLength"],
+        outbox_core::event::MAX_ID_LEN
+    );
+    assert_eq!(create["additionalProperties"], false);
+
+    // Other methods get 405 with Allow, as the document implies.
+    let response = app
+        .client
+        .delete(format!("{}/orders", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+    let response = app
+        .client
+        .put(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET");
+}
+
+#[tokio::test]
 async fn a_placed_order_wakes_idle_relays_after_its_commit() {
     let app = spawn_app().await;
     let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool)
