@@ -150,7 +150,12 @@ impl Event {
         Self {
             event_id: Uuid::now_v7(),
             order,
-            traceparent: outbox_core::event::traceparent_for_request(None),
+            traceparent: outbox_core::telemetry::child_context(
+                &tracing::Span::none(),
+                &outbox_core::telemetry::TraceHeaders::default(),
+            )
+            .traceparent
+            .expect("a new trace"),
         }
     }
 
@@ -163,6 +168,7 @@ impl Event {
             time: self.order.created_at,
             subject: self.order.order_id.to_string(),
             traceparent: Some(self.traceparent.clone()),
+            tracestate: None,
         }
         .to_kafka_headers();
         OutMessage {

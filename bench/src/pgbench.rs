@@ -22,8 +22,8 @@ pub const ORDER_INSERT_SQL: &str = r#"with gate as (
              where $9::text is null or exists (select 1 from gate)
              returning order_id
          ), new_event as (
-             insert into outbox (event_id, topic, partition_key, event_type, source, subject, payload, traceparent, created_at)
-             select $8, $11, $3, $12, $13, order_id::text, $14, $15, $7 from new_order
+             insert into outbox (event_id, topic, partition_key, event_type, source, subject, payload, traceparent, tracestate, created_at)
+             select $8, $11, $3, $12, $13, order_id::text, $14, $15, $16, $7 from new_order
              returning id
          )
          select count(*) as "inserted!" from new_event"#;
@@ -32,7 +32,7 @@ pub const ORDER_INSERT_SQL: &str = r#"with gate as (
 /// per-client values from `\set`, the constant strings from `-D`. Run with `-M prepared`, every
 /// `:variable` is a bound parameter, as with sqlx. Ids are a per-client counter laid out like a
 /// UUIDv7 (increasing), no idempotency key (as the HTTP load sends none).
-const PARAMETERS: [(&str, &str); 15] = [
+const PARAMETERS: [(&str, &str); 16] = [
     ("$1", "lpad(to_hex(:seq::bigint), 32, '0')::uuid"),
     ("$2", "('user-' || :user::text)"),
     ("$3", "('CATALOG-' || lpad(:product::text, 4, '0'))"),
@@ -48,6 +48,7 @@ const PARAMETERS: [(&str, &str); 15] = [
     ("$13", ":source"),
     ("$14", ":payload"),
     ("$15", ":traceparent"),
+    ("$16", "null::text"),
 ];
 
 /// The pgbench script: variables, then the statement with its parameters replaced.
@@ -89,7 +90,12 @@ fn constants(topic: &str) -> Vec<(String, String)> {
         ("payload".into(), payload.to_string()),
         (
             "traceparent".into(),
-            outbox_core::event::traceparent_for_request(None),
+            outbox_core::telemetry::child_context(
+                &tracing::Span::none(),
+                &outbox_core::telemetry::TraceHeaders::default(),
+            )
+            .traceparent
+            .expect("a new trace"),
         ),
     ]
 }

@@ -207,6 +207,31 @@ impl Applier {
                 Some((&batch.messages[*index], rejection, why.as_str()))
             })
             .collect();
+        // One span per event, only when spans are exported: a child of the relay's publish span
+        // (from the message), covering the batch's transaction.
+        let spans: Vec<tracing::Span> = if outbox_core::telemetry::exporting() {
+            events
+                .iter()
+                .map(|event| {
+                    let span = tracing::info_span!(
+                        "apply",
+                        otel.kind = "consumer",
+                        event_id = %event.event_id,
+                        product_id = %event.order.product_id,
+                        quantity = event.order.quantity,
+                        partition = event.partition,
+                        offset = event.offset,
+                        outcome = tracing::field::Empty,
+                        trace_id = tracing::field::Empty,
+                        span_id = tracing::field::Empty,
+                    );
+                    outbox_core::telemetry::continue_context(&span, &event.trace);
+                    span
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let started = std::time::Instant::now();
         let outcomes = tokio::time::timeout(
             APPLY_TIMEOUT,
@@ -216,6 +241,10 @@ impl Applier {
         .map_err(|_| Transient::DatabaseTimeout(APPLY_TIMEOUT))?
         .map_err(Transient::Database)?;
         let applied_at = Utc::now();
+        for (span, (_, outcome)) in spans.iter().zip(&outcomes) {
+            span.record("outcome", outcome.as_str());
+        }
+        drop(spans);
         self.metrics
             .apply_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -3,7 +3,10 @@
 //! so a rejection is permanent and the message belongs in the dead-letter topic.
 
 use chrono::{DateTime, Utc};
-use outbox_core::event::{CloudEvent, HeaderError, OrderPlaced};
+use outbox_core::{
+    event::{CloudEvent, HeaderError, OrderPlaced},
+    telemetry::TraceHeaders,
+};
 use rdkafka::message::{Message, OwnedMessage};
 use uuid::Uuid;
 
@@ -17,6 +20,8 @@ pub struct OrderEvent {
     pub order: OrderPlaced,
     pub partition: i32,
     pub offset: i64,
+    /// The trace context the message carried (the relay's publish span, or the order's).
+    pub trace: TraceHeaders,
 }
 
 /// Why a message cannot be applied. `reason` is one of a few stable codes (a metric label and
@@ -119,5 +124,9 @@ pub fn decode(message: &OwnedMessage, oldest: DateTime<Utc>) -> Result<OrderEven
         order,
         partition: message.partition(),
         offset: message.offset(),
+        trace: TraceHeaders {
+            traceparent: cloud_event.traceparent,
+            tracestate: cloud_event.tracestate,
+        },
     })
 }

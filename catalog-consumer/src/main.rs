@@ -7,7 +7,7 @@ use clap::Parser;
 async fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().into_command() {
         Command::Run(settings) => {
-            outbox_core::telemetry::init();
+            let _telemetry = outbox_core::telemetry::init("catalog-consumer");
             let shutdown = outbox_core::shutdown::on_signal();
             let consumer = Consumer::build(*settings).await?;
             consumer.run_until_stopped(shutdown).await?;

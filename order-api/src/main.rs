@@ -7,7 +7,7 @@ use order_api::{Application, Cli, Command};
 async fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().into_command() {
         Command::Run(settings) => {
-            outbox_core::telemetry::init();
+            let _telemetry = outbox_core::telemetry::init("order-api");
             let shutdown = outbox_core::shutdown::on_signal();
             let app = Application::build(*settings).await?;
             app.run_until_stopped(shutdown).await?;

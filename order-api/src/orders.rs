@@ -30,6 +30,7 @@ pub struct NewOrder<'a> {
     pub event_id: Uuid,
     pub topic: &'a str,
     pub traceparent: &'a str,
+    pub tracestate: Option<&'a str>,
     /// The key and the canonical request it was first used with.
     pub idempotency: Option<(&'a str, &'a serde_json::Value)>,
 }
@@ -65,8 +66,8 @@ pub async fn insert_with_event(pool: &PgPool, new: &NewOrder<'_>) -> Result<Inse
              where $9::text is null or exists (select 1 from gate)
              returning order_id
          ), new_event as (
-             insert into outbox (event_id, topic, partition_key, event_type, source, subject, payload, traceparent, created_at)
-             select $8, $11, $3, $12, $13, order_id::text, $14, $15, $7 from new_order
+             insert into outbox (event_id, topic, partition_key, event_type, source, subject, payload, traceparent, tracestate, created_at)
+             select $8, $11, $3, $12, $13, order_id::text, $14, $15, $16, $7 from new_order
              returning id
          )
          select count(*) as "inserted!" from new_event"#,
@@ -85,6 +86,7 @@ pub async fn insert_with_event(pool: &PgPool, new: &NewOrder<'_>) -> Result<Inse
         ORDER_API_SOURCE,
         payload,
         new.traceparent,
+        new.tracestate,
     )
     .fetch_one(pool)
     .await?;

@@ -41,6 +41,8 @@ pub mod header {
     pub const CONTENT_TYPE: &str = "content-type";
     /// W3C `traceparent`.
     pub const TRACEPARENT: &str = "traceparent";
+    /// W3C `tracestate`, as the caller sent it.
+    pub const TRACESTATE: &str = "tracestate";
 }
 
 /// The value of an `order.placed.v1` event (and the order-api response, less `status`).
@@ -127,6 +129,8 @@ pub struct CloudEvent {
     pub subject: String,
     /// W3C `traceparent`, when the request had or made one.
     pub traceparent: Option<String>,
+    /// W3C `tracestate`, when the caller sent one.
+    pub tracestate: Option<String>,
 }
 
 /// Why a message's headers are not a CloudEvent this system understands.
@@ -183,6 +187,12 @@ impl CloudEvent {
             headers = headers.insert(Header {
                 key: header::TRACEPARENT,
                 value: Some(traceparent),
+            });
+        }
+        if let Some(tracestate) = &self.tracestate {
+            headers = headers.insert(Header {
+                key: header::TRACESTATE,
+                value: Some(tracestate),
             });
         }
         headers
@@ -245,6 +255,7 @@ impl CloudEvent {
             }
         }
         let traceparent = get(header::TRACEPARENT)?.map(str::to_owned);
+        let tracestate = get(header::TRACESTATE)?.map(str::to_owned);
         Ok(Self {
             id,
             event_type: event_type.to_owned(),
@@ -252,37 +263,9 @@ impl CloudEvent {
             time,
             subject,
             traceparent,
+            tracestate,
         })
     }
-}
-
-/// A W3C `traceparent` for the order: a child of the caller's trace when it sent a valid one,
-/// otherwise the root of a new trace.
-pub fn traceparent_for_request(incoming: Option<&str>) -> String {
-    let span_id = &Uuid::new_v4().simple().to_string()[..16];
-    match incoming.and_then(parse_trace_id) {
-        Some(trace_id) => format!("00-{trace_id}-{span_id}-01"),
-        None => format!("00-{}-{span_id}-01", Uuid::new_v4().simple()),
-    }
-}
-
-fn parse_trace_id(traceparent: &str) -> Option<&str> {
-    let mut parts = traceparent.trim().split('-');
-    let (version, trace_id, parent_id, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    };
-    let valid = hex(version, 2)
-        && version != "ff"
-        && hex(trace_id, 32)
-        && trace_id.bytes().any(|b| b != b'0')
-        && hex(parent_id, 16)
-        && parent_id.bytes().any(|b| b != b'0')
-        && hex(flags, 2);
-    valid.then_some(trace_id)
 }
 
 #[cfg(test)]
@@ -296,7 +279,8 @@ mod tests {
             source: ORDER_API_SOURCE.into(),
             time: Utc::now(),
             subject: Uuid::now_v7().to_string(),
-            traceparent: Some(traceparent_for_request(None)),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            tracestate: Some("vendor=abc".into()),
         }
     }
 
@@ -307,6 +291,7 @@ mod tests {
         let read = CloudEvent::from_kafka_headers(Some(headers.as_borrowed())).unwrap();
         assert_eq!(read.id, event.id);
         assert_eq!(read.traceparent, event.traceparent);
+        assert_eq!(read.tracestate, event.tracestate);
         assert_eq!(read.time.timestamp_micros(), event.time.timestamp_micros());
     }
 
@@ -322,17 +307,6 @@ mod tests {
             CloudEvent::from_kafka_headers(None).unwrap_err(),
             HeaderError::Missing(header::SPEC_VERSION)
         );
-    }
-
-    #[test]
-    fn a_valid_traceparent_is_continued_and_an_invalid_one_replaced() {
-        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let child = traceparent_for_request(Some(incoming));
-        assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
-        assert_ne!(child, incoming);
-        let fresh = traceparent_for_request(Some("garbage"));
-        assert!(parse_trace_id(&fresh).is_some());
-        assert!(!fresh.contains("4bf92f"));
     }
 
     #[test]

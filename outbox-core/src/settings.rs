@@ -252,9 +252,14 @@ impl KafkaSettings {
                  accepts TLS, set KAFKA_SECURITY_PROTOCOL=SSL (or SASL_SSL) and \
                  KAFKA_SSL_CA_LOCATION"
             }
-            SecurityProtocol::Ssl | SecurityProtocol::SaslSsl => {
+            SecurityProtocol::Ssl => {
                 "connecting with TLS: check KAFKA_SSL_CA_LOCATION (the CA that signed the \
                  broker's certificate) and that the broker's listener is TLS"
+            }
+            SecurityProtocol::SaslSsl => {
+                "connecting with TLS and SASL: check KAFKA_SSL_CA_LOCATION (the CA that signed \
+                 the broker's certificate), KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and the \
+                 password"
             }
             SecurityProtocol::SaslPlaintext => {
                 "connecting with SASL without TLS: check KAFKA_SASL_MECHANISM, \

@@ -33,6 +33,7 @@ pub struct ClaimedRow {
     /// The jsonb payload as text: the message value.
     pub payload: String,
     pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
     /// Failures about this message counted so far; above 0 the row is being retried.
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
@@ -48,6 +49,7 @@ impl ClaimedRow {
             time: self.created_at,
             subject: self.subject.clone(),
             traceparent: self.traceparent.clone(),
+            tracestate: self.tracestate.clone(),
         }
     }
 }
@@ -148,7 +150,8 @@ pub async fn claim_rows(
         ClaimedRow,
         r#"with clock as materialized (select clock_timestamp() as at)
          select o.id, o.event_id, o.topic, o.partition_key, o.event_type, o.source, o.subject,
-                o.payload::text as "payload!", o.traceparent, o.attempts, o.created_at
+                o.payload::text as "payload!", o.traceparent, o.tracestate, o.attempts,
+                o.created_at
            from outbox o, clock
           where o.lane = any($1::int[])
             and o.state = 'pending'

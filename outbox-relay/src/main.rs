@@ -7,7 +7,7 @@ use outbox_relay::{Cli, Command, Relay};
 async fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().into_command() {
         Command::Run(settings) => {
-            outbox_core::telemetry::init();
+            let _telemetry = outbox_core::telemetry::init("outbox-relay");
             let shutdown = outbox_core::shutdown::on_signal();
             Relay::build(*settings)
                 .await?

@@ -116,6 +116,13 @@ pub async fn publish(
 ) -> Published {
     let mut deliveries = vec![Delivery::NotAttempted; rows.len()];
     let mut in_flight = Vec::with_capacity(rows.len());
+    // One span per message, only when spans are exported: a child of the order's request span
+    // (from the row), whose context the message carries to the consumer.
+    let tracing = outbox_core::telemetry::exporting();
+    let mut spans: Vec<Option<tracing::Span>> = Vec::new();
+    if tracing {
+        spans.resize_with(rows.len(), || None);
+    }
     let mut unresolved = Vec::new();
     let mut held_keys: HashSet<&str> = HashSet::new();
     for (index, row) in rows.iter().enumerate() {
@@ -127,10 +134,32 @@ pub async fn publish(
             held_keys.insert(key);
             continue;
         }
+        let mut event = row.cloud_event();
+        if tracing {
+            let span = tracing::info_span!(
+                "publish",
+                otel.kind = "producer",
+                event_id = %row.event_id,
+                topic = %row.topic,
+                key,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+            );
+            let carried = outbox_core::telemetry::continue_context(
+                &span,
+                &outbox_core::telemetry::TraceHeaders {
+                    traceparent: row.traceparent.clone(),
+                    tracestate: row.tracestate.clone(),
+                },
+            );
+            event.traceparent = carried.traceparent;
+            event.tracestate = carried.tracestate;
+            spans[index] = Some(span);
+        }
         let record = FutureRecord::to(&row.topic)
             .key(key)
             .payload(&row.payload)
-            .headers(row.cloud_event().to_kafka_headers());
+            .headers(event.to_kafka_headers());
         match producer.send_result(record) {
             Ok(future) => {
                 in_flight.push((index, future));
@@ -159,6 +188,14 @@ pub async fn publish(
                 Delivery::Unconfirmed
             }
         };
+        // The span ends with the delivery report (or the batch's deadline).
+        if let Some(span) = spans.get_mut(index).and_then(Option::take) {
+            let _entered = span.enter();
+            match &deliveries[index] {
+                Delivery::Acked(_) => tracing::debug!("acknowledged"),
+                other => tracing::warn!(delivery = ?other, "not acknowledged"),
+            }
+        }
     }
     Published {
         deliveries,
@@ -272,6 +309,7 @@ mod tests {
             subject: "s".into(),
             payload: "{}".into(),
             traceparent: None,
+            tracestate: None,
             attempts: 0,
             created_at: Utc::now(),
         }

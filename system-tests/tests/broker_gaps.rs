@@ -45,6 +45,7 @@ fn event(product: &str) -> (Vec<u8>, rdkafka::message::OwnedHeaders) {
         time,
         subject: order.order_id.to_string(),
         traceparent: None,
+        tracestate: None,
     }
     .to_kafka_headers();
     (serde_json::to_vec(&order).expect("json"), headers)

@@ -1,8 +1,9 @@
 //! TLS to PostgreSQL and to the broker, through the services' own connection code:
 //! `outbox_core::db::connect` with `sslmode` in the URL, and `KafkaSettings` with
 //! `KAFKA_SECURITY_PROTOCOL=SSL` against a nisshi listener that only accepts TLS, its
-//! certificate made by the test. A plain client of that listener fails with an error naming the
-//! setting to change.
+//! certificate made by the test, and `SASL_SSL` with SCRAM-SHA-256 against one that also
+//! authenticates. A plain client of a TLS listener fails with an error naming the setting to
+//! change.
 
 use std::{
     path::Path,
@@ -13,7 +14,7 @@ use std::{
 use outbox_core::{
     db::{self, ORDERS_MIGRATOR},
     ops::Check,
-    settings::{KafkaSettings, PoolSettings, SecurityProtocol},
+    settings::{KafkaSettings, PoolSettings, SaslMechanism, SecurityProtocol},
 };
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -215,7 +216,13 @@ async fn the_services_reach_a_tls_only_broker_with_kafka_security_protocol_ssl()
 
     // An event round trip: the producer configuration every producer of the system uses, and a
     // consumer of the same settings.
-    let topic = "tls-events";
+    round_trip(&settings, "tls-events").await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Creates `topic`, produces one event with the system's producer configuration and reads it
+/// back with a consumer of the same settings.
+async fn round_trip(settings: &KafkaSettings, topic: &str) {
     let admin: AdminClient<_> = settings.client_config().unwrap().create().unwrap();
     admin
         .create_topics(
@@ -224,7 +231,7 @@ async fn the_services_reach_a_tls_only_broker_with_kafka_security_protocol_ssl()
         )
         .await
         .unwrap();
-    let producer: FutureProducer = outbox_core::kafka::idempotent_producer_config(&settings)
+    let producer: FutureProducer = outbox_core::kafka::idempotent_producer_config(settings)
         .unwrap()
         .create()
         .unwrap();
@@ -240,11 +247,11 @@ async fn the_services_reach_a_tls_only_broker_with_kafka_security_protocol_ssl()
             .ok()
     })
     .await
-    .expect("produced over TLS");
+    .expect("produced");
     let consumer: BaseConsumer = settings
         .client_config()
         .unwrap()
-        .set("group.id", "tls-test")
+        .set("group.id", format!("{topic}-test"))
         .create()
         .unwrap();
     let mut assignment = TopicPartitionList::new();
@@ -264,5 +271,105 @@ async fn the_services_reach_a_tls_only_broker_with_kafka_security_protocol_ssl()
     .await
     .unwrap();
     assert_eq!(payload.as_deref(), Some(&b"over tls"[..]));
+}
+
+/// nisshi in `dir` with SQLite storage (authentication needs it), on `address`.
+fn sqlite_broker(dir: &Path, address: &str, tls_and_sasl: bool) -> KillOnDrop {
+    let url = format!("tcp://{address}");
+    let mut command = Command::new(nisshi());
+    command
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "sqlite://nisshi.db"])
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if tls_and_sasl {
+        command
+            .arg("--cert")
+            .arg(dir.join("server.pem"))
+            .arg("--key")
+            .arg(dir.join("server.key"))
+            .arg("--authentication");
+    }
+    KillOnDrop(command.spawn().expect("start nisshi"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_authenticate_with_sasl_scram_over_tls() {
+    let dir = std::env::temp_dir().join(format!("outbox-sasl-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_certificates(&dir);
+
+    // nisshi keeps its users in its storage; they are created through a plaintext broker on
+    // the same SQLite file, which then restarts with TLS and authentication.
+    let setup = format!("127.0.0.1:{}", free_port());
+    let mut broker = sqlite_broker(&dir, &setup, false);
+    eventually(Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(&setup).await.ok()
+    })
+    .await
+    .expect("the setup broker listens");
+    let created = eventually(Duration::from_secs(30), || async {
+        let status = Command::new(nisshi())
+            .args(["user", "create", "--broker", &format!("tcp://{setup}")])
+            .args(["--mechanism", "scram256", "alice", "s3cret"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(())
+    })
+    .await;
+    created.expect("user alice created");
+    let _ = broker.0.kill();
+    let _ = broker.0.wait();
+
+    let address = format!("127.0.0.1:{}", free_port());
+    let _broker = sqlite_broker(&dir, &address, true);
+    let password_file = dir.join("kafka-password");
+    std::fs::write(&password_file, "s3cret\n").unwrap();
+    let settings = KafkaSettings {
+        kafka_brokers: address.clone(),
+        kafka_security_protocol: SecurityProtocol::SaslSsl,
+        kafka_sasl_mechanism: Some(SaslMechanism::ScramSha256),
+        kafka_sasl_username: Some("alice".into()),
+        kafka_sasl_password_file: Some(password_file),
+        kafka_ssl_ca_location: Some(dir.join("ca.pem")),
+        ..KafkaSettings::default()
+    };
+    let check = Check::kafka(&settings).unwrap();
+    eventually(Duration::from_secs(30), || async { check.run().await.ok() })
+        .await
+        .expect("the broker answers alice over TLS");
+    round_trip(&settings, "sasl-events").await;
+
+    // A wrong password is refused, and the error says what to check.
+    let wrong = KafkaSettings {
+        kafka_sasl_password: Some("wrong".into()),
+        kafka_sasl_password_file: None,
+        ..settings.clone()
+    };
+    let error = Check::kafka(&wrong)
+        .unwrap()
+        .run()
+        .await
+        .expect_err("a wrong password is refused");
+    assert!(error.contains("KAFKA_SASL_USERNAME"), "{error}");
+
+    // SASL without its settings is refused before anything connects, naming what is missing.
+    let incomplete = KafkaSettings {
+        kafka_sasl_password_file: None,
+        ..settings.clone()
+    };
+    let message = format!("{:#}", incomplete.validate().expect_err("no password"));
+    assert!(message.contains("KAFKA_SASL_PASSWORD_FILE"), "{message}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -59,6 +59,7 @@ fn message(row: &ClaimedColumns) -> OutMessage {
             time: *created_at,
             subject: subject.clone(),
             traceparent: traceparent.clone(),
+            tracestate: None,
         }
         .to_kafka_headers(),
     }

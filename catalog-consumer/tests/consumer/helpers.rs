@@ -202,7 +202,7 @@ pub struct TestConsumer {
 pub async fn spawn_consumer(settings: Settings) -> TestConsumer {
     // Logs only when asked for: they go to stdout, past the test harness's capture.
     if std::env::var_os("RUST_LOG").is_some() {
-        outbox_core::telemetry::init();
+        let _ = outbox_core::telemetry::init("catalog-consumer");
     }
     let consumer = Consumer::build(settings).await.expect("build the consumer");
     let address = format!("http://127.0.0.1:{}", consumer.port());
@@ -375,6 +375,7 @@ impl Event {
             time: self.time,
             subject: self.order.order_id.to_string(),
             traceparent: None,
+            tracestate: None,
         }
         .to_kafka_headers()
     }

@@ -3,8 +3,12 @@ use std::time::Instant;
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use chrono::{SubsecRound, Utc};
 use futures::StreamExt;
-use outbox_core::event::{self, OrderPlaced};
+use outbox_core::{
+    event::{self, OrderPlaced},
+    telemetry::{self, TraceHeaders},
+};
 use serde::Deserialize;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -37,7 +41,9 @@ pub(crate) struct CreateOrder {
         ("Idempotency-Key" = Option<String>, Header,
             description = "A retry with the same key and body returns the same order (for IDEMPOTENCY_KEY_RETENTION); the same key with another body gets 422."),
         ("traceparent" = Option<String>, Header,
-            description = "W3C trace context, continued on the event; a new one is made when absent or invalid."),
+            description = "W3C trace context: the request's span continues it and the event carries it; a new trace is started when absent or invalid."),
+        ("tracestate" = Option<String>, Header,
+            description = "W3C trace state, carried on the event unchanged."),
     ),
     responses(
         (status = 201, description = "Order placed, or replayed for an Idempotency-Key", body = crate::orders::Order,
@@ -54,14 +60,38 @@ pub(crate) struct CreateOrder {
             headers(("Retry-After" = String, description = "Seconds, with `outbox_lagging`"))),
     )
 )]
-#[tracing::instrument(skip_all, fields(order_id, idempotency_key))]
 pub(crate) async fn create_order(
     request: HttpRequest,
     payload: web::Payload,
     limit: web::Data<BodyLimit>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let result = create(&request, payload, limit.0, &state).await;
+    // The request's span continues the caller's trace (or starts one): its parent is set
+    // before it is entered, and the event carries its context.
+    let span = tracing::info_span!(
+        "create_order",
+        order_id = tracing::field::Empty,
+        idempotency_key = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let trace = telemetry::child_context(
+        &span,
+        &TraceHeaders {
+            traceparent: header("traceparent"),
+            tracestate: header("tracestate"),
+        },
+    );
+    let result = create(&request, payload, limit.0, &state, trace)
+        .instrument(span)
+        .await;
     if let Err(error) = &result {
         state
             .metrics
@@ -77,6 +107,7 @@ async fn create(
     payload: web::Payload,
     limit: usize,
     state: &AppState,
+    trace: TraceHeaders,
 ) -> Result<HttpResponse, ApiError> {
     if let Some(retry_after) = state.backpressure.refusing() {
         return Err(ApiError::OutboxLagging { retry_after });
@@ -102,12 +133,7 @@ async fn create(
         span.record("idempotency_key", key.as_str());
     }
 
-    let traceparent = event::traceparent_for_request(
-        request
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok()),
-    );
+    let traceparent = trace.traceparent.unwrap_or_default();
     // The request as the idempotency key remembers it: what was asked, not what was generated.
     let canonical = serde_json::json!({
         "userId": order.user_id,
@@ -120,6 +146,7 @@ async fn create(
         event_id: Uuid::now_v7(),
         topic: &state.topic,
         traceparent: &traceparent,
+        tracestate: trace.tracestate.as_deref(),
         idempotency: key.as_deref().map(|k| (k, &canonical)),
     };
     let started = Instant::now();
