@@ -32,7 +32,7 @@ COPY . .
 # No query needs a live database at build time.
 ENV SQLX_OFFLINE=true
 # The copied sources are newer than the empty targets, so only the workspace crates rebuild.
-RUN touch */src/lib.rs */src/main.rs \
+RUN touch -c */src/lib.rs */src/main.rs \
  && cargo build --release --locked -p order-api -p outbox-relay -p catalog-consumer \
  && mkdir /out \
  && cp target/release/order-api target/release/outbox-relay target/release/catalog-consumer /out/

@@ -1,5 +1,6 @@
 //! Dev-only: system tests that run the services as real processes (under `tests/`), and the few
-//! pieces they share: where the binaries are, a free port, a child killed on drop.
+//! pieces they share: where the binaries are, a free port, a child killed on drop, and the three
+//! services started together over fresh databases and topics ([`Stack`]).
 //!
 //! Run with `cargo build --workspace --bins` first: the tests start the binaries built next
 //! to them and never build anything themselves (a nested `cargo build` would wait on the lock
@@ -61,5 +62,110 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// The three service binaries as processes, each over fresh databases, a fresh topic and a
+/// fresh consumer group on the test's PostgreSQL and broker (`TEST_DATABASE_URL`,
+/// `KAFKA_BROKERS`), with one product, `CATALOG-0001`, stock 100. Killed when dropped.
+pub struct Stack {
+    /// `host:port` of order-api, outbox-relay and catalog-consumer.
+    pub api: String,
+    pub relay: String,
+    pub consumer: String,
+    /// The catalog database.
+    pub catalog: sqlx::PgPool,
+    _children: Vec<KillOnDrop>,
+}
+
+impl Stack {
+    /// Starts the three binaries with `env` added to each one's environment, and waits until
+    /// each answers `/readyz` with 200.
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        use outbox_core::db::{CATALOG_MIGRATOR, ORDERS_MIGRATOR};
+        let brokers = testkit::kafka_brokers().await;
+        let topic = testkit::fresh_topic(&brokers, "order-events", 2)
+            .await
+            .expect("topic");
+        let dlq = testkit::fresh_topic(&brokers, "order-events-dlq", 1)
+            .await
+            .expect("dead-letter topic");
+        let (orders_url, _) = testkit::fresh_database(&ORDERS_MIGRATOR)
+            .await
+            .expect("orders database");
+        let (catalog_url, catalog) = testkit::fresh_database(&CATALOG_MIGRATOR)
+            .await
+            .expect("catalog database");
+        sqlx::query(
+            "insert into products (product_id, product_name, stock, unit_price)
+             values ('CATALOG-0001', 'Test product', 100, 1500)",
+        )
+        .execute(&catalog)
+        .await
+        .expect("seed the product");
+        let group = format!("system-{}", uuid::Uuid::new_v4().simple());
+        let address = || format!("127.0.0.1:{}", free_port());
+        let (api, relay, consumer) = (address(), address(), address());
+        let spawn = |binary: &str, own: &[(&str, &str)]| {
+            KillOnDrop(
+                std::process::Command::new(workspace_binary(binary))
+                    .envs(own.iter().copied())
+                    .envs(env.iter().copied())
+                    .env("RUST_LOG", "warn")
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap_or_else(|error| panic!("start {binary}: {error}")),
+            )
+        };
+        let children = vec![
+            spawn(
+                "order-api",
+                &[
+                    ("HTTP_ADDR", &api),
+                    ("DATABASE_URL", &orders_url),
+                    ("ORDER_EVENTS_TOPIC", &topic),
+                ],
+            ),
+            spawn(
+                "outbox-relay",
+                &[
+                    ("HTTP_ADDR", &relay),
+                    ("DATABASE_URL", &orders_url),
+                    ("KAFKA_BROKERS", &brokers),
+                ],
+            ),
+            spawn(
+                "catalog-consumer",
+                &[
+                    ("HTTP_ADDR", &consumer),
+                    ("DATABASE_URL", &catalog_url),
+                    ("KAFKA_BROKERS", &brokers),
+                    ("ORDER_EVENTS_TOPIC", &topic),
+                    ("DLQ_TOPIC", &dlq),
+                    ("CONSUMER_GROUP", &group),
+                ],
+            ),
+        ];
+        let stack = Self {
+            api,
+            relay,
+            consumer,
+            catalog,
+            _children: children,
+        };
+        let http = reqwest::Client::new();
+        for address in [&stack.api, &stack.relay, &stack.consumer] {
+            let url = format!("http://{address}/readyz");
+            testkit::eventually(std::time::Duration::from_secs(60), || {
+                let (http, url) = (&http, &url);
+                async move {
+                    let response = http.get(url).send().await.ok()?;
+                    response.status().is_success().then_some(())
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{url} ready"));
+        }
+        stack
     }
 }

@@ -4,14 +4,9 @@
 //! must appear in some service's `/metrics`. Renaming a metric in a service without updating
 //! the dashboard fails this test.
 
-use std::{
-    collections::BTreeSet,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeSet, process::Command, time::Duration};
 
-use outbox_core::db::{CATALOG_MIGRATOR, ORDERS_MIGRATOR};
-use system_tests::{free_port, workspace_binary, KillOnDrop};
+use system_tests::{free_port, workspace_binary, Stack};
 use testkit::eventually;
 
 const DASHBOARD: &str = include_str!("../../deploy/grafana/outbox-dashboard.json");
@@ -43,92 +38,25 @@ fn exported(body: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn spawn(binary: &str, env: &[(&str, &str)]) -> KillOnDrop {
-    KillOnDrop(
-        Command::new(workspace_binary(binary))
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| panic!("start {binary}: {error}")),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_grafana_dashboard_queries_is_exported_by_a_service() {
     let queried = queried_metrics();
     assert!(queried.len() >= 10, "the dashboard queries: {queried:?}");
 
-    let brokers = testkit::kafka_brokers().await;
-    let topic = testkit::fresh_topic(&brokers, "order-events", 2)
-        .await
-        .unwrap();
-    let dlq = testkit::fresh_topic(&brokers, "order-events-dlq", 1)
-        .await
-        .unwrap();
-    let (orders_url, _orders) = testkit::fresh_database(&ORDERS_MIGRATOR).await.unwrap();
-    let (catalog_url, catalog) = testkit::fresh_database(&CATALOG_MIGRATOR).await.unwrap();
-    sqlx::query(
-        "insert into products (product_id, product_name, stock, unit_price)
-         values ('CATALOG-0001', 'Dashboard test', 100, 1500)
-         on conflict (product_id) do update set stock = 100",
-    )
-    .execute(&catalog)
-    .await
-    .unwrap();
-    let group = format!("dashboard-{}", uuid::Uuid::new_v4().simple());
-    let ports = [free_port(), free_port(), free_port()];
-    let addr = |port: u16| format!("127.0.0.1:{port}");
-    let (api_addr, relay_addr, consumer_addr) = (addr(ports[0]), addr(ports[1]), addr(ports[2]));
-    let _api = spawn(
-        "order-api",
-        &[
-            ("HTTP_ADDR", &api_addr),
-            ("DATABASE_URL", &orders_url),
-            ("ORDER_EVENTS_TOPIC", &topic),
-            ("MAX_OUTBOX_LAG_SECS", "3600"),
-        ],
-    );
-    let _relay = spawn(
-        "outbox-relay",
-        &[
-            ("HTTP_ADDR", &relay_addr),
-            ("DATABASE_URL", &orders_url),
-            ("KAFKA_BROKERS", &brokers),
-            ("STATS_INTERVAL_SECS", "1"),
-        ],
-    );
-    let _consumer = spawn(
-        "catalog-consumer",
-        &[
-            ("HTTP_ADDR", &consumer_addr),
-            ("DATABASE_URL", &catalog_url),
-            ("KAFKA_BROKERS", &brokers),
-            ("ORDER_EVENTS_TOPIC", &topic),
-            ("DLQ_TOPIC", &dlq),
-            ("CONSUMER_GROUP", &group),
-        ],
-    );
+    let stack = Stack::start(&[
+        ("MAX_OUTBOX_LAG_SECS", "3600"),
+        ("STATS_INTERVAL_SECS", "1"),
+    ])
+    .await;
+    let (api_addr, relay_addr, consumer_addr) = (&stack.api, &stack.relay, &stack.consumer);
     let http = reqwest::Client::new();
     let deadline = Duration::from_secs(60);
-    for address in [&api_addr, &relay_addr, &consumer_addr] {
-        let url = format!("http://{address}/readyz");
-        eventually(deadline, || {
-            let (http, url) = (&http, &url);
-            async move {
-                let response = http.get(url).send().await.ok()?;
-                response.status().is_success().then_some(())
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{url} ready"));
-    }
     // The `healthcheck` subcommand (container health checks) agrees with /readyz, and fails
     // when nothing answers.
     for (binary, address) in [
-        ("order-api", &api_addr),
-        ("outbox-relay", &relay_addr),
-        ("catalog-consumer", &consumer_addr),
+        ("order-api", api_addr),
+        ("outbox-relay", relay_addr),
+        ("catalog-consumer", consumer_addr),
     ] {
         let ready = Command::new(workspace_binary(binary))
             .arg("healthcheck")
@@ -162,7 +90,7 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported_by_a_service() {
         .unwrap();
     assert_eq!(order.status(), 201);
 
-    let catalog = &catalog;
+    let catalog = &stack.catalog;
     eventually(deadline, || async move {
         let stock: i32 =
             sqlx::query_scalar("select stock from products where product_id = 'CATALOG-0001'")
@@ -178,7 +106,7 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported_by_a_service() {
     // dashboard needs exists.
     let scrape = || async {
         let mut names = BTreeSet::new();
-        for address in [&api_addr, &relay_addr, &consumer_addr] {
+        for address in [api_addr, relay_addr, consumer_addr] {
             let body = http
                 .get(format!("http://{address}/metrics"))
                 .send()

@@ -5,14 +5,12 @@
 
 use std::{
     collections::BTreeMap,
-    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use outbox_core::db::{CATALOG_MIGRATOR, ORDERS_MIGRATOR};
 use serde_json::Value;
-use system_tests::{free_port, workspace_binary, KillOnDrop};
+use system_tests::Stack;
 use testkit::eventually;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -102,92 +100,22 @@ fn spans_of(request: &Value) -> Vec<Span> {
     spans
 }
 
-fn spawn(binary: &str, env: &[(&str, &str)], endpoint: &str) -> KillOnDrop {
-    KillOnDrop(
-        Command::new(workspace_binary(binary))
-            .envs(env.iter().copied())
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| panic!("start {binary}: {error}")),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_is_one_trace_across_order_api_the_relay_and_the_consumer() {
     let (endpoint, spans) = receiver().await;
-    let brokers = testkit::kafka_brokers().await;
-    let topic = testkit::fresh_topic(&brokers, "order-events", 2)
-        .await
-        .unwrap();
-    let dlq = testkit::fresh_topic(&brokers, "order-events-dlq", 1)
-        .await
-        .unwrap();
-    let (orders_url, _orders) = testkit::fresh_database(&ORDERS_MIGRATOR).await.unwrap();
-    let (catalog_url, catalog) = testkit::fresh_database(&CATALOG_MIGRATOR).await.unwrap();
-    sqlx::query(
-        "insert into products (product_id, product_name, stock, unit_price)
-         values ('CATALOG-0001', 'Trace test', 100, 1500)",
-    )
-    .execute(&catalog)
-    .await
-    .unwrap();
-    let group = format!("traces-{}", uuid::Uuid::new_v4().simple());
-    let api_addr = format!("127.0.0.1:{}", free_port());
-    let relay_addr = format!("127.0.0.1:{}", free_port());
-    let consumer_addr = format!("127.0.0.1:{}", free_port());
-    let _api = spawn(
-        "order-api",
-        &[
-            ("HTTP_ADDR", &api_addr),
-            ("DATABASE_URL", &orders_url),
-            ("ORDER_EVENTS_TOPIC", &topic),
-        ],
-        &endpoint,
-    );
-    let _relay = spawn(
-        "outbox-relay",
-        &[
-            ("HTTP_ADDR", &relay_addr),
-            ("DATABASE_URL", &orders_url),
-            ("KAFKA_BROKERS", &brokers),
-        ],
-        &endpoint,
-    );
-    let _consumer = spawn(
-        "catalog-consumer",
-        &[
-            ("HTTP_ADDR", &consumer_addr),
-            ("DATABASE_URL", &catalog_url),
-            ("KAFKA_BROKERS", &brokers),
-            ("ORDER_EVENTS_TOPIC", &topic),
-            ("DLQ_TOPIC", &dlq),
-            ("CONSUMER_GROUP", &group),
-        ],
-        &endpoint,
-    );
+    let stack = Stack::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ])
+    .await;
     let http = reqwest::Client::new();
     let deadline = Duration::from_secs(60);
-    for address in [&api_addr, &relay_addr, &consumer_addr] {
-        let url = format!("http://{address}/readyz");
-        eventually(deadline, || {
-            let (http, url) = (&http, &url);
-            async move {
-                let response = http.get(url).send().await.ok()?;
-                response.status().is_success().then_some(())
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{url} ready"));
-    }
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
     let response = http
-        .post(format!("http://{api_addr}/orders"))
+        .post(format!("http://{}/orders", stack.api))
         .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
         .header("tracestate", "vendor=abc")
         .json(&serde_json::json!({
