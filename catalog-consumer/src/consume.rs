@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use backoff::{backoff::Backoff, ExponentialBackoffBuilder};
+use backoff::backoff::Backoff;
 use futures::FutureExt;
 use rdkafka::{
     client::ClientContext,
@@ -377,11 +377,7 @@ impl ConsumeLoop {
         shutdown: &CancellationToken,
     ) -> Option<Report> {
         // Never gives up: a message is never skipped because a dependency is down.
-        let mut backoff = ExponentialBackoffBuilder::new()
-            .with_initial_interval(Duration::from_millis(100))
-            .with_max_interval(self.retry_max_backoff)
-            .with_max_elapsed_time(None)
-            .build();
+        let mut backoff = outbox_core::retry::until_it_answers(self.retry_max_backoff);
         loop {
             match self.applier.apply_batch(batch).await {
                 Ok(report) => {

@@ -23,7 +23,7 @@ use std::{
 
 use actix_web::{dev::Server, App, HttpServer};
 use anyhow::Context;
-use backoff::{backoff::Backoff, ExponentialBackoff, ExponentialBackoffBuilder};
+use backoff::{backoff::Backoff, ExponentialBackoff};
 use futures::FutureExt;
 use outbox_core::{
     db,
@@ -578,14 +578,7 @@ impl Inner {
 }
 
 fn outage_backoff(settings: &Settings) -> ExponentialBackoff {
-    // Never gives up: the backoff crate's default 15-minute limit is lifted.
-    ExponentialBackoffBuilder::new()
-        .with_initial_interval(Duration::from_millis(100))
-        .with_max_interval(Duration::from_millis(
-            settings.outage_backoff_max_ms.max(100),
-        ))
-        .with_max_elapsed_time(None)
-        .build()
+    outbox_core::retry::until_it_answers(Duration::from_millis(settings.outage_backoff_max_ms))
 }
 
 /// `GET /status`: what `outbox-relay status` prints.

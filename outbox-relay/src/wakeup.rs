@@ -9,7 +9,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use backoff::{backoff::Backoff, ExponentialBackoffBuilder};
+use backoff::backoff::Backoff;
 use outbox_core::db::OUTBOX_WAKEUP_CHANNEL;
 use sqlx::{postgres::PgListener, PgPool};
 use tokio::sync::Notify;
@@ -53,11 +53,7 @@ pub fn spawn_listener(
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut backoff = ExponentialBackoffBuilder::new()
-            .with_initial_interval(Duration::from_millis(100))
-            .with_max_interval(Duration::from_secs(10))
-            .with_max_elapsed_time(None)
-            .build();
+        let mut backoff = outbox_core::retry::until_it_answers(Duration::from_secs(10));
         loop {
             let listened = tokio::select! {
                 _ = stop.cancelled() => return,
