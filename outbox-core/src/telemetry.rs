@@ -53,26 +53,43 @@ pub fn exporting() -> bool {
 pub fn init(service: &str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
-    let logs = tracing_subscriber::fmt::layer()
+    match otlp_provider(service) {
+        // Without an exporter, exactly the logging subscriber: RUST_LOG filters globally, so a
+        // disabled span or event costs nothing at its call site.
+        None => {
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(log_lines())
+                .try_init();
+        }
+        // With one, the filters are per layer: RUST_LOG for log lines, INFO for exported spans
+        // whatever RUST_LOG says.
+        Some(provider) => {
+            let tracer = provider.tracer(service.to_owned());
+            let _ = PROVIDER.set(provider);
+            let traces = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+            let _ = tracing_subscriber::registry()
+                .with(log_lines().with_filter(filter))
+                .with(traces)
+                .try_init();
+        }
+    }
+    Telemetry(())
+}
+
+/// One JSON object per line on stdout, with the current span's fields.
+fn log_lines<S>() -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
         .with_current_span(true)
         .with_span_list(false)
-        .with_writer(std::io::stdout);
-    // Spans are exported at INFO whatever RUST_LOG says about log lines.
-    let traces = otlp_provider(service).map(|provider| {
-        let tracer = provider.tracer(service.to_owned());
-        let _ = PROVIDER.set(provider);
-        tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
-            .boxed()
-    });
-    let _ = tracing_subscriber::registry()
-        .with(logs.with_filter(filter))
-        .with(traces)
-        .try_init();
-    Telemetry(())
+        .with_writer(std::io::stdout)
 }
 
 fn otlp_provider(service: &str) -> Option<SdkTracerProvider> {
