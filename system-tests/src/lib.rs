@@ -169,3 +169,36 @@ impl Stack {
         stack
     }
 }
+
+/// nisshi on `address` (listener and advertised URL), its working directory `dir` (relative
+/// storage URLs such as `sqlite://nisshi.db` live there), with `args` added after `broker` (the
+/// storage engine, `--cert`/`--key`, `--authentication`); returns once it accepts connections.
+pub async fn start_nisshi<I, S>(dir: &Path, address: &str, args: I) -> KillOnDrop
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let url = format!("tcp://{address}");
+    let child = std::process::Command::new(nisshi())
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start nisshi");
+    let broker = KillOnDrop(child);
+    testkit::eventually(std::time::Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(address).await.ok()
+    })
+    .await
+    .expect("nisshi accepts connections");
+    broker
+}

@@ -23,7 +23,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
     ClientConfig,
 };
-use system_tests::{free_port, nisshi, workspace_binary, KillOnDrop};
+use system_tests::{free_port, start_nisshi, workspace_binary, KillOnDrop};
 use testkit::eventually;
 use uuid::Uuid;
 
@@ -72,29 +72,7 @@ async fn events_of_concurrent_producers_on_one_partition_are_all_applied_despite
         .join(format!("broker-gaps-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let address = format!("127.0.0.1:{}", free_port());
-    let url = format!("tcp://{address}");
-    let _broker = KillOnDrop(
-        Command::new(nisshi())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://nisshi/"])
-            .env("RUST_LOG", "warn")
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nisshi"),
-    );
-    eventually(Duration::from_secs(30), || async {
-        tokio::net::TcpStream::connect(&address).await.ok()
-    })
-    .await
-    .expect("nisshi accepts connections");
+    let _broker = start_nisshi(&dir, &address, ["--storage-engine", "memory://nisshi/"]).await;
     testkit::create_topic(&address, "order-events", 1)
         .await
         .expect("topic");

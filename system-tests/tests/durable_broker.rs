@@ -2,65 +2,33 @@
 //! local system loses no event: events published but not yet consumed before the stop are
 //! still there after the broker restarts, and so is the consumer group's committed offset.
 
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer},
     producer::{FutureProducer, FutureRecord},
     ClientConfig, Message,
 };
-use system_tests::{free_port, nisshi};
-use testkit::eventually;
+use system_tests::{free_port, start_nisshi, KillOnDrop};
 
-struct Broker(Child);
+struct Broker(KillOnDrop);
 
 impl Broker {
     /// nisshi with SQLite storage in `dir`, as `scripts/run.sh` starts it (the storage URL is
     /// relative to the working directory).
     async fn start(dir: &std::path::Path, address: &str) -> Self {
-        let url = format!("tcp://{address}");
-        let child = Command::new(nisshi())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://nisshi.db"])
-            .env("RUST_LOG", "warn")
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nisshi");
-        eventually(Duration::from_secs(30), || async {
-            tokio::net::TcpStream::connect(address).await.ok()
-        })
-        .await
-        .expect("nisshi accepts connections");
-        Self(child)
+        Self(start_nisshi(dir, address, ["--storage-engine", "sqlite://nisshi.db"]).await)
     }
 
     /// Stops it the way `scripts/infra.sh down` does (SIGTERM), and waits for it to exit.
     fn stop(mut self) {
+        let child = &mut (self.0).0;
         let status = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
+            .args(["-TERM", &child.id().to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
-        self.0.wait().expect("nisshi exits");
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        child.wait().expect("nisshi exits");
     }
 }
 

@@ -22,7 +22,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
     Message, Offset, TopicPartitionList,
 };
-use system_tests::{free_port, nisshi, KillOnDrop};
+use system_tests::{free_port, nisshi, start_nisshi, KillOnDrop};
 use testkit::eventually;
 
 const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
@@ -163,26 +163,12 @@ async fn the_services_reach_a_tls_only_broker_with_kafka_security_protocol_ssl()
     std::fs::create_dir_all(&dir).unwrap();
     make_certificates(&dir);
     let address = format!("127.0.0.1:{}", free_port());
-    let url = format!("tcp://{address}");
-    let _broker = KillOnDrop(
-        Command::new(nisshi())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .arg("--cert")
-            .arg(dir.join("server.pem"))
-            .arg("--key")
-            .arg(dir.join("server.key"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nisshi"),
-    );
+    let _broker = start_nisshi(
+        &dir,
+        &address,
+        ["--cert", "server.pem", "--key", "server.key"],
+    )
+    .await;
     let settings = tls_settings(&address, &dir.join("ca.pem"));
 
     // The readiness check, as each service runs it, answers over TLS.
@@ -273,32 +259,20 @@ async fn round_trip(settings: &KafkaSettings, topic: &str) {
     assert_eq!(payload.as_deref(), Some(&b"over tls"[..]));
 }
 
-/// nisshi in `dir` with SQLite storage (authentication needs it), on `address`.
-fn sqlite_broker(dir: &Path, address: &str, tls_and_sasl: bool) -> KillOnDrop {
-    let url = format!("tcp://{address}");
-    let mut command = Command::new(nisshi());
-    command
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "sqlite://nisshi.db"])
-        .current_dir(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+/// nisshi in `dir` with SQLite storage (authentication needs it), on `address`; with TLS and
+/// SASL authentication when `tls_and_sasl`.
+async fn sqlite_broker(dir: &Path, address: &str, tls_and_sasl: bool) -> KillOnDrop {
+    let mut args = vec!["--storage-engine", "sqlite://nisshi.db"];
     if tls_and_sasl {
-        command
-            .arg("--cert")
-            .arg(dir.join("server.pem"))
-            .arg("--key")
-            .arg(dir.join("server.key"))
-            .arg("--authentication");
+        args.extend([
+            "--cert",
+            "server.pem",
+            "--key",
+            "server.key",
+            "--authentication",
+        ]);
     }
-    KillOnDrop(command.spawn().expect("start nisshi"))
+    start_nisshi(dir, address, args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,12 +284,7 @@ async fn the_services_authenticate_with_sasl_scram_over_tls() {
     // nisshi keeps its users in its storage; they are created through a plaintext broker on
     // the same SQLite file, which then restarts with TLS and authentication.
     let setup = format!("127.0.0.1:{}", free_port());
-    let mut broker = sqlite_broker(&dir, &setup, false);
-    eventually(Duration::from_secs(30), || async {
-        tokio::net::TcpStream::connect(&setup).await.ok()
-    })
-    .await
-    .expect("the setup broker listens");
+    let mut broker = sqlite_broker(&dir, &setup, false).await;
     let created = eventually(Duration::from_secs(30), || async {
         let status = Command::new(nisshi())
             .args(["user", "create", "--broker", &format!("tcp://{setup}")])
@@ -333,7 +302,7 @@ async fn the_services_authenticate_with_sasl_scram_over_tls() {
     let _ = broker.0.wait();
 
     let address = format!("127.0.0.1:{}", free_port());
-    let _broker = sqlite_broker(&dir, &address, true);
+    let _broker = sqlite_broker(&dir, &address, true).await;
     let password_file = dir.join("kafka-password");
     std::fs::write(&password_file, "s3cret\n").unwrap();
     let settings = KafkaSettings {
