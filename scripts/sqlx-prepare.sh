@@ -5,14 +5,19 @@
 # from migrations/:
 #   scripts/sqlx-prepare.sh          rewrite order-api/.sqlx, outbox-relay/.sqlx, catalog-consumer/.sqlx
 #   scripts/sqlx-prepare.sh --check  fail when the committed data differs from the queries
+#   scripts/sqlx-prepare.sh [--check] CRATE...  only these crates
+# The scratch databases are named after this run's pid, so two runs never share one.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}
 PG_BASE=${PG_ADMIN_URL%/*}
+export PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning"
 check=false
-[ "${1:-}" = --check ] && check=true
+[ "${1:-}" = --check ] && { check=true; shift; }
+crates=("$@")
+[ ${#crates[@]} -eq 0 ] && crates=(order-api outbox-relay catalog-consumer)
 
 fresh_database() {
   local name=$1 migrations=$2
@@ -22,13 +27,23 @@ fresh_database() {
   done
 }
 
-fresh_database outbox_sqlx_orders orders
-fresh_database outbox_sqlx_catalog catalog
+orders_db=outbox_sqlx_orders_$$
+catalog_db=outbox_sqlx_catalog_$$
+cleanup() {
+  psql "$PG_ADMIN_URL" -q -c "drop database if exists $orders_db with (force)" \
+    -c "drop database if exists $catalog_db with (force)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+fresh_database "$orders_db" orders
+fresh_database "$catalog_db" catalog
 
 status=0
-for entry in order-api:orders outbox-relay:orders catalog-consumer:catalog; do
-  crate=${entry%%:*}
-  database=outbox_sqlx_${entry##*:}
+for crate in "${crates[@]}"; do
+  case $crate in
+    order-api | outbox-relay) database=$orders_db ;;
+    catalog-consumer) database=$catalog_db ;;
+    *) echo "[sqlx] unknown crate $crate (order-api, outbox-relay, catalog-consumer)" >&2; exit 2 ;;
+  esac
   if $check; then out=$(mktemp -d); else out="$ROOT/$crate/.sqlx"; rm -rf "$out"; mkdir -p "$out"; fi
   # Touching the crate makes cargo expand its macros again, now online.
   touch "$crate/src/lib.rs"
