@@ -50,9 +50,10 @@ if [ "$help" = 0 ]; then
   scripts/infra.sh up
 fi
 if [ "$build" = 1 ]; then
-  # Debug: a no-op right after the test command's own build of the same binaries.
-  printf '[bench] cargo build %s --workspace --bins\n' "${cargo_profile[*]:-}" >&2
-  cargo build "${cargo_profile[@]}" --workspace --bins --locked
+  # The services as the Dockerfile builds them (default features: no test hooks), and the bench.
+  packages=(-p order-api -p outbox-relay -p catalog-consumer -p bench)
+  printf '[bench] cargo build %s %s\n' "${cargo_profile[*]:-}" "${packages[*]}" >&2
+  cargo build "${cargo_profile[@]}" --locked "${packages[@]}"
 fi
 [ -x "target/$profile/bench" ] || die "target/$profile/bench is missing: run without --no-build"
 exec "target/$profile/bench" "${args[@]}"

@@ -33,7 +33,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p testkit --features containers --locked -- -D warnings
 
 step "cargo test"
-cargo build --workspace --bins --locked
 mkdir -p .local
 cargo test --workspace --exclude system-tests --locked -- --test-threads "${TEST_THREADS:-8}" 2>&1 |
   tee .local/test-output.log
@@ -41,8 +40,9 @@ cargo test --workspace --exclude system-tests --locked -- --test-threads "${TEST
 step "schemathesis: an outside client fuzzes order-api's generated OpenAPI document"
 scripts/schemathesis.sh debug
 
-# The chaos system test runs alone, after the rest: it needs the machine's cores, and runs the
-# services as real processes against a broker of its own (the pinned nisshi, which it pauses).
+# The system tests run alone, after the rest: the chaos test needs the machine's cores, and
+# several run a broker of their own (the pinned nisshi, which the chaos test pauses). Cargo
+# builds the services' binaries for them (system-tests' own `[[bin]]`s, without test hooks).
 scripts/infra.sh install-broker
 export NISSHI_BIN=${NISSHI_BIN:-$(scripts/infra.sh broker-path)}
 # --nocapture: its summary (orders, retries, faults, time to converge) goes to the log.
@@ -52,5 +52,6 @@ awk '/^test result:/ { passed += $4; failed += $6 } END { printf "\nsummary: %d 
   .local/test-output.log
 
 step "benchmark smoke run"
-# Tiny sizes, no thresholds, the debug binaries built above: proves every row still runs.
+# Tiny sizes, no thresholds, debug binaries built as a release build would be (no test hooks):
+# proves every row still runs.
 scripts/bench.sh --smoke

@@ -4,7 +4,7 @@ use std::{sync::Mutex, time::Duration};
 
 use anyhow::Context;
 use rdkafka::{
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    admin::{AdminClient, AdminOptions},
     client::DefaultClientContext,
     ClientConfig,
 };
@@ -164,42 +164,9 @@ impl Infra {
     /// Creates a fresh topic of this run and waits until the broker serves its metadata.
     pub async fn fresh_topic(&self, tag: &str, partitions: i32) -> anyhow::Result<String> {
         let name = self.name(tag);
-        let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
-        let results = self
-            .admin
-            .create_topics(
-                [&topic],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-            )
-            .await?;
-        for result in results {
-            if let Err((topic, code)) = result {
-                anyhow::bail!("cannot create topic {topic}: {code}");
-            }
-        }
+        testkit::create_topic(&self.brokers, &name, partitions).await?;
         self.topics.lock().expect("lock").push(name.clone());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let ready =
-                self.admin
-                    .inner()
-                    .fetch_metadata(Some(&name), Duration::from_secs(2))
-                    .ok()
-                    .and_then(|m| {
-                        m.topics().iter().find(|t| t.name() == name).map(|t| {
-                            t.error().is_none() && t.partitions().len() == partitions as usize
-                        })
-                    })
-                    .unwrap_or(false);
-            if ready {
-                return Ok(name);
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "topic {name} did not appear"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        Ok(name)
     }
 
     /// Deletes topics of this run (the broker keeps them in memory).

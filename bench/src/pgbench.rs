@@ -1,32 +1,13 @@
 //! The ceiling of order-api: `pgbench` running the exact statement order-api runs per order, with
 //! the same number of clients, on a fresh database.
-//!
-//! [`ORDER_INSERT_SQL`] is a copy of the statement in `order-api/src/orders.rs`, kept here in
-//! one place; [`statement_matches_order_api`] tells when the two have drifted apart (the table
-//! says so).
 
 use std::{path::Path, time::Duration};
 
 use anyhow::Context;
 use outbox_core::event::{ORDER_API_SOURCE, ORDER_PLACED_TYPE};
 
-/// order-api's order + outbox statement (`orders::insert_with_event`), verbatim.
-pub const ORDER_INSERT_SQL: &str = r#"with gate as (
-             insert into idempotency_keys (idempotency_key, request, order_id)
-             select $9, $10, $1 where $9::text is not null
-             on conflict (idempotency_key) do nothing
-             returning order_id
-         ), new_order as (
-             insert into orders (order_id, user_id, product_id, quantity, unit_price, total_price, created_at)
-             select $1, $2, $3, $4, $5, $6, $7
-             where $9::text is null or exists (select 1 from gate)
-             returning order_id
-         ), new_event as (
-             insert into outbox (event_id, topic, partition_key, event_type, source, subject, payload, traceparent, tracestate, created_at)
-             select $8, $11, $3, $12, $13, order_id::text, $14, $15, $16, $7 from new_order
-             returning id
-         )
-         select count(*) as "inserted!" from new_event"#;
+/// order-api's order + outbox statement (`order_store::insert_with_event`), from its one file.
+pub const ORDER_INSERT_SQL: &str = include_str!("../../order-api/queries/insert_order.sql");
 
 /// What each bound parameter of [`ORDER_INSERT_SQL`] becomes in the pgbench script: random or
 /// per-client values from `\set`, the constant strings from `-D`. Run with `-M prepared`, every
@@ -169,18 +150,6 @@ pub async fn run(
         threads,
         seconds,
     })
-}
-
-/// Whether [`ORDER_INSERT_SQL`] is still the statement in `order-api/src/orders.rs` (compared
-/// without whitespace differences). `None` when that statement cannot be found there.
-pub fn statement_matches_order_api() -> Option<bool> {
-    let source = include_str!("../../order-api/src/orders.rs");
-    let start = source.find("query_scalar!(")?;
-    let rest = &source[start..];
-    let open = rest.find("r#\"")? + 3;
-    let close = rest[open..].find("\"#")? + open;
-    let normalize = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-    Some(normalize(&rest[open..close]) == normalize(ORDER_INSERT_SQL))
 }
 
 #[cfg(test)]

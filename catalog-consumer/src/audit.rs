@@ -28,8 +28,7 @@ use serde::Serialize;
 use sqlx::{postgres::PgConnectOptions, Connection, PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
-/// The outcomes `processed_events` records; each is always present in the report's `outcomes`.
-const OUTCOMES: [&str; 3] = ["applied", "insufficient_stock", "unknown_product"];
+use crate::stock::Outcome;
 
 /// What `catalog-consumer audit` needs: both databases and how to judge them.
 #[derive(Debug, Clone, clap::Args)]
@@ -67,7 +66,7 @@ pub struct AuditReport {
     pub orders: u64,
     /// Rows of `processed_events`.
     pub processed: u64,
-    /// Rows of `processed_events` by outcome.
+    /// Rows of `processed_events` by outcome; every outcome a row can hold is present.
     pub outcomes: BTreeMap<String, u64>,
     /// The grace period the audit was run with.
     pub grace_secs: u32,
@@ -93,7 +92,10 @@ impl AuditReport {
         Self {
             orders: 0,
             processed: 0,
-            outcomes: OUTCOMES.iter().map(|o| ((*o).to_owned(), 0)).collect(),
+            outcomes: Outcome::RECORDED
+                .iter()
+                .map(|o| (o.as_str().to_owned(), 0))
+                .collect(),
             grace_secs,
             unprocessed_within_grace: 0,
             window_secs: 0,
@@ -126,7 +128,7 @@ pub struct OrderRow {
 pub struct ProcessedRow {
     pub order_id: Uuid,
     pub event_id: Uuid,
-    pub outcome: String,
+    pub outcome: Outcome,
 }
 
 /// `catalog-consumer audit`: prints the report as one JSON object on stdout and returns the exit
@@ -290,7 +292,10 @@ where
 impl AuditReport {
     fn count_processed(&mut self, event: &ProcessedRow) {
         self.processed += 1;
-        *self.outcomes.entry(event.outcome.clone()).or_default() += 1;
+        *self
+            .outcomes
+            .entry(event.outcome.as_str().to_owned())
+            .or_default() += 1;
     }
 }
 
@@ -384,11 +389,11 @@ mod tests {
         })
     }
 
-    fn event(order: u8, event: u8, outcome: &str) -> anyhow::Result<ProcessedRow> {
+    fn event(order: u8, event: u8, outcome: Outcome) -> anyhow::Result<ProcessedRow> {
         Ok(ProcessedRow {
             order_id: id(order),
             event_id: id(event),
-            outcome: outcome.into(),
+            outcome,
         })
     }
 
@@ -401,12 +406,12 @@ mod tests {
             order(8, true),
         ];
         let events = vec![
-            event(1, 101, "applied"),
-            event(2, 102, "applied"),
-            event(2, 103, "applied"),
-            event(5, 105, "insufficient_stock"),
-            event(8, 108, "unknown_product"),
-            event(9, 109, "applied"),
+            event(1, 101, Outcome::Applied),
+            event(2, 102, Outcome::Applied),
+            event(2, 103, Outcome::Applied),
+            event(5, 105, Outcome::InsufficientStock),
+            event(8, 108, Outcome::UnknownProduct),
+            event(9, 109, Outcome::Applied),
         ];
         let report = reconcile(stream::iter(orders), stream::iter(events), 60, 100)
             .await
@@ -426,7 +431,7 @@ mod tests {
     #[tokio::test]
     async fn listings_stop_at_the_limit_but_counts_do_not() {
         let orders: Vec<_> = (1..=10).map(|n| order(n, true)).collect();
-        let events: Vec<_> = (11..=20).map(|n| event(n, n, "applied")).collect();
+        let events: Vec<_> = (11..=20).map(|n| event(n, n, Outcome::Applied)).collect();
         let report = reconcile(stream::iter(orders), stream::iter(events), 60, 3)
             .await
             .unwrap();

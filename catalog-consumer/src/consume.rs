@@ -197,6 +197,7 @@ pub struct ConsumeLoop {
     /// Events older than this are dead-lettered, never applied (see `decode`).
     pub(crate) dedup_window: Duration,
     pub(crate) retry_max_backoff: Duration,
+    #[cfg(feature = "test-hooks")]
     pub(crate) hold_offsets_after_commit: bool,
     pub(crate) stall: Stall,
 }
@@ -234,6 +235,7 @@ impl ConsumeLoop {
                 dead_lettered = report.dead_lettered,
                 "batch applied"
             );
+            #[cfg(feature = "test-hooks")]
             if self.hold_offsets_after_commit {
                 tracing::warn!("test hook: holding offsets after the database commit");
                 shutdown.cancelled().await;

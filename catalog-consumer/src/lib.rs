@@ -13,13 +13,14 @@ mod metrics;
 mod routes;
 pub mod stock;
 
-use std::{net::TcpListener, sync::Arc, time::Duration};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
-use actix_web::{dev::Server, web, App, HttpServer};
+use actix_web::{dev::Server, web};
 use anyhow::Context;
+use clap::Parser;
 use outbox_core::{
     db,
-    ops::{self, Check, Ops},
+    ops::{self, Check, Ops, ServeSettings},
     retention::{self, Pruner},
     settings::{KafkaSettings, PoolSettings, PruneSettings},
 };
@@ -31,28 +32,11 @@ pub use dlq::DeadLetters;
 pub use metrics::Metrics;
 pub use routes::Product;
 
-/// The command line: `run` (the default when no subcommand is given) and `audit`.
-#[derive(Debug, Clone, clap::Parser)]
-#[command(
+outbox_core::service_cli!(
     name = "catalog-consumer",
-    version,
-    about = "Applies order events to the catalog's stock exactly once; serves the catalog over HTTP.",
-    long_about = None,
-    args_conflicts_with_subcommands = true
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub run: Settings,
-}
-
-impl Cli {
-    /// The subcommand to run; `run` with the top-level settings when none was given.
-    pub fn into_command(self) -> Command {
-        self.command.unwrap_or(Command::Run(Box::new(self.run)))
-    }
-}
+    about =
+        "Applies order events to the catalog's stock exactly once; serves the catalog over HTTP."
+);
 
 /// What the binary does.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -82,15 +66,30 @@ pub enum Command {
     Healthcheck(outbox_core::ops::HealthcheckArgs),
 }
 
+/// The binary: parses the command line and runs the command it names.
+pub async fn main() -> anyhow::Result<ExitCode> {
+    match Cli::parse().into_command() {
+        Command::Run(settings) => {
+            let _telemetry = outbox_core::telemetry::init("catalog-consumer");
+            let shutdown = outbox_core::shutdown::on_signal();
+            let consumer = Consumer::build(*settings).await?;
+            consumer.run_until_stopped(shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        // No log output: stdout carries only the report.
+        Command::Audit(args) => Ok(audit::print_report(&args).await),
+        Command::Healthcheck(args) => Ok(ops::healthcheck(&args, DEFAULT_HTTP_ADDR)),
+    }
+}
+
 /// The default HTTP_ADDR of `run`.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8081";
 
-/// catalog-consumer settings: flags, each with an environment variable behind it.
+/// catalog-consumer settings: flags, each with an environment variable behind it (also a
+/// parser of its own, for tests).
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "catalog-consumer",
-    version,
-    about = "Applies order events to the catalog's stock exactly once; serves the catalog over HTTP.",
     long_about = None
 )]
 pub struct Settings {
@@ -174,8 +173,9 @@ pub struct Settings {
     #[command(flatten)]
     pub prune: PruneSettings,
     /// Test only: after the first batch's database commit, never store its offsets, so a test
-    /// can kill the process between the two.
-    #[arg(long, env = "CATALOG_CONSUMER_TEST_HOLD_OFFSETS", hide = true)]
+    /// can kill the process between the two. Compiled in only with the `test-hooks` feature.
+    #[cfg(feature = "test-hooks")]
+    #[arg(long, hide = true)]
     pub test_hold_offsets: bool,
 }
 
@@ -253,21 +253,16 @@ impl Consumer {
             ],
         );
 
-        let listener = TcpListener::bind(&settings.http_addr)
-            .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
-        let port = listener.local_addr()?.port();
+        let serve = ServeSettings {
+            addr: settings.http_addr.clone(),
+            workers: None,
+            shutdown_timeout_secs: 10,
+        };
         let pool_data = web::Data::new(pool.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(pool_data.clone())
-                .configure(routes::configure)
-                .configure(|cfg| ops.configure(cfg))
-                .default_service(web::to(ops::not_found))
-        })
-        .disable_signals()
-        .shutdown_timeout(10)
-        .listen(listener)?
-        .run();
+        let (port, server) = ops::serve(&serve, ops, move |cfg| {
+            cfg.app_data(pool_data.clone());
+            routes::configure(cfg);
+        })?;
         tracing::info!(
             addr = %settings.http_addr,
             port,
@@ -292,6 +287,7 @@ impl Consumer {
             batch_size: settings.batch_size as usize,
             batch_wait: Duration::from_millis(settings.batch_wait_ms),
             retry_max_backoff: Duration::from_millis(settings.retry_max_backoff_ms.max(100)),
+            #[cfg(feature = "test-hooks")]
             hold_offsets_after_commit: settings.test_hold_offsets,
             stall,
         };

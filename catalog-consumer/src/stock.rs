@@ -14,6 +14,11 @@
 //! matter then, since all of them apply. The other products (near zero, unknown, or only
 //! duplicates) go through `apply_order_events`, one event at a time in partition order, so an
 //! event that does not fit is `insufficient_stock` and a later smaller one may still apply.
+//!
+//! Both statements take the events as one array of the database's `order_event` records; the
+//! outcomes are one type, its `stock_outcome` ([`Outcome`]), so the `processed_events` column,
+//! the function (defined in `migrations/catalog/20261125000004_stock_outcome_type.sql`) and this
+//! module cannot disagree on a name.
 
 use std::collections::HashSet;
 
@@ -22,8 +27,9 @@ use uuid::Uuid;
 
 use crate::decode::OrderEvent;
 
-/// What applying one event did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What applying one event did: the database type `stock_outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
+#[sqlx(type_name = "stock_outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// Stock was decremented.
     Applied,
@@ -43,7 +49,14 @@ impl Outcome {
         Outcome::UnknownProduct,
     ];
 
-    /// The name used in `processed_events.outcome` and as the metric label.
+    /// The outcomes a `processed_events` row can hold: a duplicate writes no row.
+    pub const RECORDED: [Outcome; 3] = [
+        Outcome::Applied,
+        Outcome::InsufficientStock,
+        Outcome::UnknownProduct,
+    ];
+
+    /// The name of the `stock_outcome` value, also the metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Applied => "applied",
@@ -52,12 +65,32 @@ impl Outcome {
             Outcome::UnknownProduct => "unknown_product",
         }
     }
+}
 
-    fn parse(outcome: &str) -> Result<Self, sqlx::Error> {
-        Outcome::ALL
-            .into_iter()
-            .find(|o| o.as_str() == outcome)
-            .ok_or_else(|| sqlx::Error::Protocol(format!("unknown outcome {outcome:?}")))
+/// One event as both statements take it: the database type `order_event`.
+#[derive(Debug, sqlx::Type)]
+#[sqlx(type_name = "order_event")]
+struct EventRow {
+    event_id: Uuid,
+    order_id: Uuid,
+    product_id: String,
+    quantity: i32,
+    kafka_partition: i32,
+    kafka_offset: i64,
+}
+
+impl EventRow {
+    fn all<'a>(events: impl Iterator<Item = &'a OrderEvent>) -> Vec<Self> {
+        events
+            .map(|event| Self {
+                event_id: event.event_id,
+                order_id: event.order.order_id,
+                product_id: event.order.product_id.clone(),
+                quantity: event.order.quantity,
+                kafka_partition: event.partition,
+                kafka_offset: event.offset,
+            })
+            .collect()
     }
 }
 
@@ -70,11 +103,11 @@ pub async fn apply_events(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let columns = Columns::of(events.iter());
+    let rows = EventRow::all(events.iter());
     let fast = sqlx::query!(
         r#"with input as (
              select *
-               from unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::int[], $6::bigint[])
+               from unnest($1::order_event[])
                     with ordinality as i(event_id, order_id, product_id, quantity,
                                          kafka_partition, kafka_offset, n)
          ), fits as (
@@ -105,26 +138,22 @@ pub async fn apply_events(
          select coalesce((select array_agg(product_id) from fits), '{}') as "products!",
                 coalesce((select array_agg(event_id) from inserted), '{}') as "applied!",
                 (select count(*) from decremented) as "decremented!""#,
-        &columns.event_ids,
-        &columns.order_ids,
-        &columns.product_ids,
-        &columns.quantities,
-        &columns.partitions,
-        &columns.offsets
+        rows.as_slice() as _
     )
     .fetch_one(&mut *conn)
     .await?;
     let fast_products: HashSet<String> = fast.products.into_iter().collect();
     let applied: HashSet<Uuid> = fast.applied.into_iter().collect();
 
-    let rest: Vec<&OrderEvent> = events
-        .iter()
-        .filter(|e| !fast_products.contains(&e.order.product_id))
-        .collect();
+    let rest = EventRow::all(
+        events
+            .iter()
+            .filter(|e| !fast_products.contains(&e.order.product_id)),
+    );
     let mut rest_outcomes = if rest.is_empty() {
         Vec::new()
     } else {
-        apply_one_by_one(conn, &Columns::of(rest.iter().copied())).await?
+        apply_one_by_one(conn, &rest).await?
     }
     .into_iter();
 
@@ -151,64 +180,28 @@ pub async fn apply_events(
         .collect()
 }
 
-/// The events as the parallel arrays the statements take.
-struct Columns {
-    event_ids: Vec<Uuid>,
-    order_ids: Vec<Uuid>,
-    product_ids: Vec<String>,
-    quantities: Vec<i32>,
-    partitions: Vec<i32>,
-    offsets: Vec<i64>,
-}
-
-impl Columns {
-    fn of<'a>(events: impl Iterator<Item = &'a OrderEvent>) -> Self {
-        let mut columns = Self {
-            event_ids: Vec::new(),
-            order_ids: Vec::new(),
-            product_ids: Vec::new(),
-            quantities: Vec::new(),
-            partitions: Vec::new(),
-            offsets: Vec::new(),
-        };
-        for event in events {
-            columns.event_ids.push(event.event_id);
-            columns.order_ids.push(event.order.order_id);
-            columns.product_ids.push(event.order.product_id.clone());
-            columns.quantities.push(event.order.quantity);
-            columns.partitions.push(event.partition);
-            columns.offsets.push(event.offset);
-        }
-        columns
-    }
-}
-
 /// The ordered rule, one event at a time (`apply_order_events`), for products near zero,
 /// unknown products and duplicates.
 async fn apply_one_by_one(
     conn: &mut PgConnection,
-    columns: &Columns,
+    rows: &[EventRow],
 ) -> Result<Vec<(Uuid, Outcome)>, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"select event_id as "event_id!", outcome as "outcome!"
-             from apply_order_events($1, $2, $3, $4, $5, $6)"#,
-        &columns.event_ids,
-        &columns.order_ids,
-        &columns.product_ids,
-        &columns.quantities,
-        &columns.partitions,
-        &columns.offsets
+    let outcomes = sqlx::query!(
+        r#"select event_id as "event_id!", outcome as "outcome!: Outcome"
+             from apply_order_events($1::order_event[])"#,
+        rows as _
     )
     .fetch_all(&mut *conn)
     .await?;
-    if rows.len() != columns.event_ids.len() {
+    if outcomes.len() != rows.len() {
         return Err(sqlx::Error::Protocol(format!(
             "apply_order_events returned {} outcomes for {} events",
-            rows.len(),
-            columns.event_ids.len()
+            outcomes.len(),
+            rows.len()
         )));
     }
-    rows.into_iter()
-        .map(|row| Ok((row.event_id, Outcome::parse(&row.outcome)?)))
-        .collect()
+    Ok(outcomes
+        .into_iter()
+        .map(|row| (row.event_id, row.outcome))
+        .collect())
 }

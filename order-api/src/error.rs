@@ -1,5 +1,5 @@
 use actix_web::{http::StatusCode, HttpResponse, ResponseError};
-use outbox_core::ops::error_response;
+use outbox_core::ops::{error_response, DatabaseError};
 
 /// Every way a request can fail, each with its status and a stable code. Database text never
 /// reaches the client: it is logged, and the client gets a generic message.
@@ -17,8 +17,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("this Idempotency-Key was used with a different request body")]
     IdempotencyKeyReused,
-    #[error("the database is unavailable; retry later")]
-    Unavailable(#[source] sqlx::Error),
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
     #[error("orders are not taken while the outbox lags more than MAX_OUTBOX_LAG_SECS behind; retry after {} s", .retry_after.as_secs())]
     OutboxLagging { retry_after: std::time::Duration },
     #[error("internal error")]
@@ -41,7 +41,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::NotFound(_) => "not_found",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
-            Self::Unavailable(_) => "service_unavailable",
+            Self::Database(error) => error.code(),
             Self::OutboxLagging { .. } => "outbox_lagging",
             Self::Internal(_) => "internal_error",
         }
@@ -50,11 +50,7 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        if outbox_core::db::is_unavailable(&error) {
-            Self::Unavailable(error)
-        } else {
-            Self::Internal(error.into())
-        }
+        Self::Database(error.into())
     }
 }
 
@@ -66,14 +62,15 @@ impl ResponseError for ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Unavailable(_) | Self::OutboxLagging { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Database(error) => error.status_code(),
+            Self::OutboxLagging { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         match self {
-            Self::Unavailable(source) => tracing::error!(error = %source, "database unavailable"),
+            Self::Database(error) => return error.error_response(),
             Self::Internal(source) => {
                 tracing::error!(error = format!("{source:#}"), "request failed")
             }

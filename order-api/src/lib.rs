@@ -4,17 +4,18 @@
 mod backpressure;
 mod error;
 mod metrics;
-mod orders;
+mod order_store;
 mod routes;
 mod wakeup;
 
-use std::{net::TcpListener, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
-use actix_web::{dev::Server, web, App, HttpServer};
+use actix_web::{dev::Server, web};
 use anyhow::Context;
+use clap::Parser;
 use outbox_core::{
     db,
-    ops::{self, Check, Ops},
+    ops::{self, Check, Ops, ServeSettings},
     retention::{self, Pruner},
     settings::{PoolSettings, PruneSettings},
 };
@@ -24,28 +25,25 @@ use tokio_util::sync::CancellationToken;
 pub use error::ApiError;
 pub use metrics::Metrics;
 
-/// The command line: `run` (the default when no subcommand is given) and `healthcheck`.
-#[derive(Debug, Clone, clap::Parser)]
-#[command(
-    name = "order-api",
-    version,
-    about = "Takes orders over HTTP; writes each order and its outbox event in one PostgreSQL transaction.",
-    long_about = None,
-    args_conflicts_with_subcommands = true
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub run: Settings,
-}
-
-impl Cli {
-    /// The subcommand to run; `run` with the top-level settings when none was given.
-    pub fn into_command(self) -> Command {
-        self.command.unwrap_or(Command::Run(Box::new(self.run)))
+/// The binary: parses the command line, then serves until SIGTERM or Ctrl-C, or runs the
+/// health check.
+pub async fn main() -> anyhow::Result<ExitCode> {
+    match Cli::parse().into_command() {
+        Command::Run(settings) => {
+            let _telemetry = outbox_core::telemetry::init("order-api");
+            let shutdown = outbox_core::shutdown::on_signal();
+            let app = Application::build(*settings).await?;
+            app.run_until_stopped(shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Healthcheck(args) => Ok(ops::healthcheck(&args, DEFAULT_HTTP_ADDR)),
     }
 }
+
+outbox_core::service_cli!(
+    name = "order-api",
+    about = "Takes orders over HTTP; writes each order and its outbox event in one PostgreSQL transaction."
+);
 
 /// What the binary does.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -60,14 +58,10 @@ pub enum Command {
 /// The default HTTP_ADDR of `run`.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 
-/// order-api settings: flags, each with an environment variable behind it.
+/// order-api settings: flags, each with an environment variable behind it (also a parser of
+/// its own, for tests).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(
-    name = "order-api",
-    version,
-    about = "Takes orders over HTTP; writes each order and its outbox event in one PostgreSQL transaction.",
-    long_about = None
-)]
+#[command(name = "order-api")]
 pub struct Settings {
     /// Address to serve HTTP on (port 0 picks a free port).
     #[arg(long, env = "HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
@@ -165,9 +159,6 @@ impl Application {
 
     /// Binds the port and prepares the server over an existing pool.
     pub fn build_with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(&settings.http_addr)
-            .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
-        let port = listener.local_addr()?.port();
         let registry = prometheus::Registry::new();
         let metrics = Metrics::register(&registry)?;
         let ops = Ops::new(registry, vec![Check::postgres(pool.clone())]);
@@ -195,19 +186,15 @@ impl Application {
             backpressure,
         });
         let max_body = settings.max_body_bytes;
-        let mut server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .configure(|cfg| routes::configure(cfg, max_body))
-                .configure(|cfg| ops.configure(cfg))
-                .default_service(web::to(ops::not_found))
-        })
-        .disable_signals()
-        .shutdown_timeout(10)
-        .listen(listener)?;
-        if let Some(workers) = settings.http_workers {
-            server = server.workers(workers);
-        }
+        let serve = ServeSettings {
+            addr: settings.http_addr.clone(),
+            workers: settings.http_workers,
+            shutdown_timeout_secs: 10,
+        };
+        let (port, server) = ops::serve(&serve, ops, move |cfg| {
+            cfg.app_data(state.clone());
+            routes::configure(cfg, max_body);
+        })?;
         tracing::info!(
             addr = %settings.http_addr,
             port,
@@ -216,7 +203,7 @@ impl Application {
         );
         Ok(Self {
             port,
-            server: server.run(),
+            server,
             wakeup_task,
             lag_task,
             pool,

@@ -4,6 +4,7 @@
 //! failures, the health/readiness/metrics HTTP surface, retention of the tables that grow per
 //! order, the never-give-up retry schedule for a dependency that is down, and shutdown.
 
+pub mod cli;
 pub mod db;
 pub mod event;
 pub mod kafka;

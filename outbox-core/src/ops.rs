@@ -1,9 +1,11 @@
-//! The operations HTTP surface every service serves: `/healthz`, `/readyz`, `/metrics`, and the
-//! JSON error body `{"error", "message"}` used for every 4xx and 5xx.
+//! The operations HTTP surface every service serves: `/healthz`, `/readyz`, `/metrics`, the
+//! JSON error body `{"error", "message"}` used for every 4xx and 5xx, a failed database call as
+//! such an error ([`DatabaseError`]), and the HTTP server setup itself ([`serve`]).
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{future::Future, net::TcpListener, pin::Pin, sync::Arc, time::Duration};
 
-use actix_web::{http::StatusCode, web, HttpResponse};
+use actix_web::{dev::Server, http::StatusCode, web, App, HttpResponse, HttpServer, ResponseError};
+use anyhow::Context;
 use prometheus::{Encoder, Registry, TextEncoder};
 use rdkafka::producer::{BaseProducer, Producer};
 use serde::Serialize;
@@ -51,10 +53,119 @@ pub fn get_only(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(|| method_not_allowed("GET")))
 }
 
-/// The OpenAPI description of what [`Ops::configure`] serves, for each service's document.
+/// A failed database call as an HTTP error: 503 `service_unavailable` when the database cannot
+/// be reached or is restarting ([`crate::db::is_unavailable`]: retry later), 500
+/// `internal_error` otherwise. The database's own text is logged, never sent to the client.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    #[error("the database is unavailable; retry later")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("internal error")]
+    Internal(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for DatabaseError {
+    fn from(error: sqlx::Error) -> Self {
+        if crate::db::is_unavailable(&error) {
+            Self::Unavailable(error)
+        } else {
+            Self::Internal(error)
+        }
+    }
+}
+
+impl DatabaseError {
+    /// The stable code of the error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "service_unavailable",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl ResponseError for DatabaseError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            Self::Unavailable(source) => tracing::error!(error = %source, "database unavailable"),
+            Self::Internal(source) => tracing::error!(error = %source, "database query failed"),
+        }
+        error_response(self.status_code(), self.code(), &self.to_string())
+    }
+}
+
+/// How a service's HTTP server runs.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// Address to listen on (`host:port`; port 0 picks a free port).
+    pub addr: String,
+    /// Worker threads; `None` for actix's default (one per core).
+    pub workers: Option<usize>,
+    /// How long requests in flight may take to finish after a stop.
+    pub shutdown_timeout_secs: u64,
+}
+
+/// Binds `settings.addr` and builds (not yet polled) the service's HTTP server: the service's
+/// own routes from `routes`, [`Ops::configure`]'s `/healthz`, `/readyz` and `/metrics`, and a
+/// JSON 404 for anything else. Signals are left to the service's one shutdown token. Returns
+/// the bound port and the server.
+pub fn serve<F>(settings: &ServeSettings, ops: Ops, routes: F) -> anyhow::Result<(u16, Server)>
+where
+    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+{
+    let listener = TcpListener::bind(&settings.addr)
+        .with_context(|| format!("cannot listen on {}", settings.addr))?;
+    let port = listener.local_addr()?.port();
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .configure(routes.clone())
+            .configure(|cfg| ops.configure(cfg))
+            .default_service(web::to(not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(settings.shutdown_timeout_secs);
+    if let Some(workers) = settings.workers {
+        server = server.workers(workers);
+    }
+    Ok((port, server.listen(listener)?.run()))
+}
+
+/// The OpenAPI description of what [`Ops::configure`] serves, and of `/openapi.json` itself.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(healthz, readyz, metrics), components(schemas(ErrorBody)))]
+#[openapi(
+    paths(healthz, readyz, metrics, openapi_json),
+    components(schemas(ErrorBody))
+)]
 pub struct OpsApi;
+
+/// A service's whole OpenAPI document: `own` (its routes) and the operations routes.
+pub fn openapi_document(mut own: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    own.merge(<OpsApi as utoipa::OpenApi>::openapi());
+    own
+}
+
+/// The document `/openapi.json` serves.
+struct ServedDocument(utoipa::openapi::OpenApi);
+
+/// Serves `document` (see [`openapi_document`]) at `GET /openapi.json`.
+pub fn configure_openapi(cfg: &mut web::ServiceConfig, document: utoipa::openapi::OpenApi) {
+    cfg.app_data(web::Data::new(ServedDocument(document)))
+        .service(get_only("/openapi.json").route(web::get().to(openapi_json)));
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", body = Object)))]
+async fn openapi_json(document: web::Data<ServedDocument>) -> HttpResponse {
+    HttpResponse::Ok().json(&document.0)
+}
 
 type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 

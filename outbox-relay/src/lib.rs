@@ -2,50 +2,41 @@
 //! once and in per-key order, and deletes each row once the broker acknowledged it. Several
 //! relays may run against one database (one sidecar per order-api replica).
 //!
-//! The guarantees are kept by the modules that hold them: [`claim`] (lanes, state-based reads,
-//! per-key order), [`publish`] (pipelined, acknowledged delivery; what counts as a failure about
-//! one message), [`retry`] (attempts, backoff, dead and parked rows), [`wakeup`] (prompt pick-up
-//! without a notify in the order transaction) and [`admin`] (status and requeue).
+//! The guarantees are kept by the modules that hold them: [`outbox`] (the row's states and
+//! transitions: lanes, state-based claims, per-key order, attempts, dead and parked rows,
+//! requeue, status), [`publish`] (pipelined, acknowledged delivery; what counts as a failure
+//! about one message), [`partitions`] (one bad partition does not hold up the others),
+//! [`wakeup`] (prompt pick-up without a notify in the order transaction) and the relay's step
+//! and loop ([`Relay`]). [`cli`] runs the command line and prints.
 
-pub mod admin;
-pub mod claim;
+pub mod cli;
 pub mod metrics;
+pub mod outbox;
 pub mod partitions;
 pub mod publish;
 mod relay;
-pub mod retry;
 pub mod wakeup;
 
-use std::time::Duration;
+use std::{process::ExitCode, time::Duration};
 
+use clap::Parser;
 use outbox_core::settings::{KafkaSettings, PoolSettings};
 
 pub use relay::{BatchOutcome, Relay, RelayError};
 
+/// The `outbox-relay` binary: parses the command line and runs it. `src/main.rs` only calls
+/// this, so other binaries (the system tests' wrappers) run exactly the same.
+pub async fn main() -> anyhow::Result<ExitCode> {
+    cli::run(Cli::parse()).await
+}
+
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/orders";
 
-/// The command line: `run` (the default when no subcommand is given), `status`, `requeue`.
-#[derive(Debug, Clone, clap::Parser)]
-#[command(
+outbox_core::service_cli!(
     name = "outbox-relay",
-    version,
-    about = "Publishes outbox rows of the orders database to Kafka, in per-key order, at least once.",
-    long_about = None,
-    args_conflicts_with_subcommands = true
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub run: Settings,
-}
-
-impl Cli {
-    /// The subcommand to run; `run` with the top-level settings when none was given.
-    pub fn into_command(self) -> Command {
-        self.command.unwrap_or(Command::Run(Box::new(self.run)))
-    }
-}
+    about =
+        "Publishes outbox rows of the orders database to Kafka, in per-key order, at least once."
+);
 
 /// What the binary does.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -132,7 +123,9 @@ pub struct Settings {
     #[arg(long, env = "STATS_INTERVAL_SECS", default_value_t = 5)]
     pub stats_interval_secs: u64,
     /// Test-only fault injection: after a batch's delivery reports arrive, hang before
-    /// deleting the rows, so a test can SIGKILL the process between ack and delete.
+    /// deleting the rows, so a test can SIGKILL the process between ack and delete. Only in
+    /// builds with the `test-hooks` feature (the crate's own tests).
+    #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true)]
     pub test_hang_after_ack: bool,
 }

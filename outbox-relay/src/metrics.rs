@@ -1,11 +1,20 @@
 //! The relay's Prometheus metrics. Labels are low-cardinality only (a failure kind and an rdkafka
 //! error code name), never an id.
 
+use chrono::{DateTime, Utc};
 use prometheus::{
     Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
-use crate::admin::Status;
+use crate::outbox::Status;
+
+/// Seconds from a row's `created_at` (its order's commit) to `at` (the broker's ack, for
+/// `outbox_relay_commit_to_ack_seconds`; the benchmark measures later points the same way);
+/// 0 rather than negative when `at` reads earlier.
+pub fn seconds_since_commit(created_at: DateTime<Utc>, at: DateTime<Utc>) -> f64 {
+    let micros = (at - created_at).num_microseconds().unwrap_or(0);
+    micros.max(0) as f64 / 1e6
+}
 
 /// Everything `/metrics` shows about the relay.
 #[derive(Clone)]

@@ -29,7 +29,7 @@ use rdkafka::{
     ClientConfig,
 };
 
-use crate::{claim::ClaimedRow, Settings};
+use crate::{metrics::seconds_since_commit, outbox::ClaimedRow, Settings};
 
 /// The producer configuration: idempotent, `acks=all`, a message timeout long enough to ride out
 /// a broker blip, a short linger so single rows go out within milliseconds.
@@ -255,8 +255,9 @@ pub fn settle(rows: &[ClaimedRow], deliveries: &[Delivery]) -> Settlement {
         match delivery {
             Delivery::Acked(at) if earlier_all_acked => {
                 settlement.published.push(row.id);
-                let latency = (*at - row.created_at).num_microseconds().unwrap_or(0);
-                settlement.latencies.push(latency.max(0) as f64 / 1e6);
+                settlement
+                    .latencies
+                    .push(seconds_since_commit(row.created_at, *at));
             }
             Delivery::Acked(_) => settlement.kept_behind += 1,
             Delivery::Failed(failure) => {

@@ -1,30 +1,32 @@
 //! Dev-only: system tests that run the services as real processes (under `tests/`), and the few
-//! pieces they share: where the binaries are, a free port, a child killed on drop, and the three
-//! services started together over fresh databases and topics ([`Stack`]).
+//! pieces they share: where the binaries are, a free port, and the three services started
+//! together over fresh databases and topics ([`Stack`]).
 //!
-//! Run with `cargo build --workspace --bins` first: the tests start the binaries built next
-//! to them and never build anything themselves (a nested `cargo build` would wait on the lock
-//! of the `cargo test` that runs them).
+//! The binaries are this crate's own `[[bin]]` targets (`src/bin/`), each a thin `main` over
+//! its service's library, so `cargo test -p system-tests` builds them with the tests through
+//! cargo's own mechanism: no prior build step, and never a nested `cargo build`.
 
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
-    process::Child,
+    time::Duration,
 };
 
-/// A service binary built next to the running test (`target/<profile>/`).
-pub fn workspace_binary(name: &str) -> PathBuf {
+pub use testkit::process::KillOnDrop;
+
+/// The binary of service `name` (`order-api`, `outbox-relay` or `catalog-consumer`), as cargo
+/// built it for these tests: `system-<name>` next to the running test (`target/<profile>/`).
+pub fn service_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("path of the test executable");
     // target/<profile>/deps/<test>-<hash>
     let path = exe
         .parent()
         .and_then(Path::parent)
         .expect("the test executable lives in target/<profile>/deps")
-        .join(name);
+        .join(format!("system-{name}"));
     assert!(
         path.is_file(),
-        "{} is missing: run `SQLX_OFFLINE=true cargo build --workspace --bins` \
-         (same profile as the tests) before `cargo test -p system-tests`",
+        "{} is missing: cargo builds it with `cargo test -p system-tests`",
         path.display()
     );
     path
@@ -55,16 +57,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A child process killed (and reaped) when dropped, also when the test panics.
-pub struct KillOnDrop(pub Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The three service binaries as processes, each over fresh databases, a fresh topic and a
 /// fresh consumer group on the test's PostgreSQL and broker (`TEST_DATABASE_URL`,
 /// `KAFKA_BROKERS`), with one product, `CATALOG-0001`, stock 100. Killed when dropped.
@@ -75,6 +67,10 @@ pub struct Stack {
     pub consumer: String,
     /// The catalog database.
     pub catalog: sqlx::PgPool,
+    /// The broker list, the order-events topic and the dead-letter topic.
+    pub brokers: String,
+    pub topic: String,
+    pub dlq: String,
     _children: Vec<KillOnDrop>,
 }
 
@@ -107,15 +103,8 @@ impl Stack {
         let address = || format!("127.0.0.1:{}", free_port());
         let (api, relay, consumer) = (address(), address(), address());
         let spawn = |binary: &str, own: &[(&str, &str)]| {
-            KillOnDrop(
-                std::process::Command::new(workspace_binary(binary))
-                    .envs(own.iter().copied())
-                    .envs(env.iter().copied())
-                    .env("RUST_LOG", "warn")
-                    .stdout(std::process::Stdio::null())
-                    .spawn()
-                    .unwrap_or_else(|error| panic!("start {binary}: {error}")),
-            )
+            let all: Vec<(&str, &str)> = own.iter().chain(env).copied().collect();
+            testkit::process::spawn(&service_binary(binary), &[], &all)
         };
         let children = vec![
             spawn(
@@ -146,27 +135,19 @@ impl Stack {
                 ],
             ),
         ];
-        let stack = Self {
+        for address in [&api, &relay, &consumer] {
+            testkit::process::wait_ready(address, Duration::from_secs(60)).await;
+        }
+        Self {
             api,
             relay,
             consumer,
             catalog,
+            brokers,
+            topic,
+            dlq,
             _children: children,
-        };
-        let http = reqwest::Client::new();
-        for address in [&stack.api, &stack.relay, &stack.consumer] {
-            let url = format!("http://{address}/readyz");
-            testkit::eventually(std::time::Duration::from_secs(60), || {
-                let (http, url) = (&http, &url);
-                async move {
-                    let response = http.get(url).send().await.ok()?;
-                    response.status().is_success().then_some(())
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("{url} ready"));
         }
-        stack
     }
 }
 
@@ -195,7 +176,7 @@ where
         .spawn()
         .expect("start nisshi");
     let broker = KillOnDrop(child);
-    testkit::eventually(std::time::Duration::from_secs(30), || async {
+    testkit::eventually(Duration::from_secs(30), || async {
         tokio::net::TcpStream::connect(address).await.ok()
     })
     .await

@@ -6,7 +6,6 @@
 
 use std::{
     path::PathBuf,
-    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
@@ -23,7 +22,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
     ClientConfig,
 };
-use system_tests::{free_port, start_nisshi, workspace_binary, KillOnDrop};
+use system_tests::{free_port, service_binary, start_nisshi};
 use testkit::eventually;
 use uuid::Uuid;
 
@@ -91,22 +90,19 @@ async fn events_of_concurrent_producers_on_one_partition_are_all_applied_despite
     .expect("seed");
 
     let port = free_port();
-    let _consumer = KillOnDrop(
-        Command::new(workspace_binary("catalog-consumer"))
-            .env_clear()
-            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("DATABASE_URL", &catalog_url)
-            .env("KAFKA_BROKERS", &address)
-            .env(
+    let _consumer = testkit::process::spawn(
+        &service_binary("catalog-consumer"),
+        &[],
+        &[
+            ("HTTP_ADDR", &format!("127.0.0.1:{port}")),
+            ("DATABASE_URL", &catalog_url),
+            ("KAFKA_BROKERS", &address),
+            (
                 "CONSUMER_GROUP",
-                format!("gaps-{}", Uuid::new_v4().simple()),
-            )
-            .env("SKIP_MIGRATIONS", "true")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start catalog-consumer"),
+                &format!("gaps-{}", Uuid::new_v4().simple()),
+            ),
+            ("SKIP_MIGRATIONS", "true"),
+        ],
     );
     let metrics_url = format!("http://127.0.0.1:{port}/metrics");
 

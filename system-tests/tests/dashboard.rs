@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
-use system_tests::{free_port, workspace_binary, Stack};
+use system_tests::{free_port, service_binary, Stack};
 use testkit::eventually;
 
 const DASHBOARD: &str = include_str!("../../deploy/grafana/outbox-dashboard.json");
@@ -58,14 +58,14 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported_by_a_service() {
         ("outbox-relay", relay_addr),
         ("catalog-consumer", consumer_addr),
     ] {
-        let ready = Command::new(workspace_binary(binary))
+        let ready = Command::new(service_binary(binary))
             .arg("healthcheck")
             .env("HTTP_ADDR", address)
             .output()
             .unwrap();
         assert!(ready.status.success(), "{binary} healthcheck: {ready:?}");
         let nobody = format!("127.0.0.1:{}", free_port());
-        let down = Command::new(workspace_binary(binary))
+        let down = Command::new(service_binary(binary))
             .args(["healthcheck", "--http-addr", &nobody])
             .output()
             .unwrap();

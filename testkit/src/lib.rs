@@ -1,8 +1,11 @@
 //! Test support: every test gets its own database and topic on the real PostgreSQL and the real
 //! broker (from `TEST_DATABASE_URL` / `KAFKA_BROKERS`, or containers with the `containers`
-//! feature), a TCP proxy that can refuse and cut connections, and polling with a deadline.
+//! feature), a TCP proxy that can refuse and cut connections, polling with a deadline, the
+//! services as processes ([`process`]) and a topic read to its end ([`topic`]).
 
+pub mod process;
 mod proxy;
+pub mod topic;
 
 use std::{future::Future, time::Duration};
 
@@ -244,4 +247,32 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus `/metrics` body.
+pub fn metric_value(body: &str, name: &str) -> Option<f64> {
+    body.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Inserts (or resets) catalog products with their stock, at a unit price of 1500.
+pub async fn seed_products(catalog: &PgPool, products: &[(&str, i32)]) -> anyhow::Result<()> {
+    for (product, stock) in products {
+        sqlx::query(
+            "insert into products (product_id, product_name, stock, unit_price)
+             values ($1, $1, $2, 1500)
+             on conflict (product_id) do update set stock = excluded.stock",
+        )
+        .bind(product)
+        .bind(stock)
+        .execute(catalog)
+        .await
+        .with_context(|| format!("seed product {product}"))?;
+    }
+    Ok(())
 }

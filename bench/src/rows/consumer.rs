@@ -239,7 +239,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
         n as f64 / wall_seconds
     };
     let outcomes: Vec<(String, i64)> = sqlx::query_as(
-        "select outcome, count(*) from processed_events group by outcome order by 1",
+        "select outcome::text, count(*) from processed_events group by outcome order by 1",
     )
     .fetch_all(&mut *conn)
     .await?;

@@ -10,6 +10,7 @@ use std::{
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use outbox_relay::metrics::seconds_since_commit;
 use rand::SeedableRng;
 use rdkafka::{message::Message, producer::FutureRecord};
 use serde_json::json;
@@ -255,7 +256,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
         .filter_map(|(id, created)| {
             applied
                 .get(id)
-                .map(|(at, _, _)| (*at - *created).num_microseconds().unwrap_or(0) as f64 / 1e3)
+                .map(|(at, _, _)| seconds_since_commit(*created, *at) * 1e3)
         })
         .collect();
     // Where the time went: created → produced (the relay's pick-up and publish, by the

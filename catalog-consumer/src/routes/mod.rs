@@ -16,6 +16,6 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/catalogs/{product_id}")
             .route(web::get().to(catalogs::get_product))
             .default_service(web::to(|| ops::method_not_allowed("GET"))),
-    )
-    .service(ops::get_only("/openapi.json").route(web::get().to(openapi::document)));
+    );
+    ops::configure_openapi(cfg, openapi::api());
 }

@@ -1,8 +1,7 @@
 //! `GET /openapi.json`: the OpenAPI 3.1 document of catalog-consumer's HTTP API, generated from
 //! the handlers' `#[utoipa::path]` annotations and the types they return.
 
-use actix_web::HttpResponse;
-use outbox_core::ops::OpsApi;
+use outbox_core::ops;
 use utoipa::OpenApi;
 
 use super::catalogs;
@@ -14,21 +13,12 @@ use super::catalogs;
         title = "catalog-consumer",
         description = "The catalog with the stock as the order events applied it."
     ),
-    paths(catalogs::list_products, catalogs::get_product, document),
+    paths(catalogs::list_products, catalogs::get_product),
     components(schemas(catalogs::Product))
 )]
 struct ApiDoc;
 
 /// The whole document: the routes above and the operations routes of every service.
 pub(crate) fn api() -> utoipa::openapi::OpenApi {
-    let mut document = ApiDoc::openapi();
-    document.merge(OpsApi::openapi());
-    document
-}
-
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    responses((status = 200, description = "The OpenAPI document", body = Object)))]
-pub(crate) async fn document() -> HttpResponse {
-    HttpResponse::Ok().json(api())
+    ops::openapi_document(ApiDoc::openapi())
 }

@@ -63,7 +63,7 @@ impl Databases {
         sqlx::query(
             "insert into processed_events
                  (event_id, order_id, product_id, quantity, outcome, kafka_partition, kafka_offset)
-             select e, o, 'CATALOG-0001', 2, $3, 0, 0
+             select e, o, 'CATALOG-0001', 2, $3::stock_outcome, 0, 0
                from unnest($1::uuid[], $2::uuid[]) as t (e, o)",
         )
         .bind(event_ids)

@@ -13,12 +13,16 @@ struct Bad {
     detail: &'static str,
 }
 
-fn with_value(value: Value) -> RawMessage {
-    let event = Event::new("CATALOG-0001", 1);
+/// A good event with its value replaced by `value` (or removed when `None`).
+fn with_raw_value(value: Option<&[u8]>) -> RawMessage {
     RawMessage {
-        value: Some(serde_json::to_vec(&value).unwrap()),
-        ..RawMessage::from(&event)
+        value: value.map(<[u8]>::to_vec),
+        ..RawMessage::from(&Event::new("CATALOG-0001", 1))
     }
+}
+
+fn with_value(value: Value) -> RawMessage {
+    with_raw_value(Some(&serde_json::to_vec(&value).unwrap()))
 }
 
 fn good_value() -> Value {
@@ -28,6 +32,12 @@ fn good_value() -> Value {
 fn with_field(field: &str, value: Value) -> RawMessage {
     let mut order = good_value();
     order[field] = value;
+    with_value(order)
+}
+
+fn without_field(field: &str) -> RawMessage {
+    let mut order = good_value();
+    order.as_object_mut().unwrap().remove(field);
     with_value(order)
 }
 
@@ -44,17 +54,15 @@ fn with_header(name: &str, value: Option<&[u8]>) -> RawMessage {
         (header::SUBJECT, event.order.order_id.to_string()),
         (header::CONTENT_TYPE, "application/json".to_owned()),
     ] {
-        if key == name {
-            if let Some(value) = value {
-                headers = headers.insert(Header {
-                    key,
-                    value: Some(value),
-                });
-            }
+        let value = if key == name {
+            value
         } else {
+            Some(original.as_bytes())
+        };
+        if let Some(value) = value {
             headers = headers.insert(Header {
                 key,
-                value: Some(&original),
+                value: Some(value),
             });
         }
     }
@@ -64,148 +72,51 @@ fn with_header(name: &str, value: Option<&[u8]>) -> RawMessage {
     }
 }
 
+fn without_headers() -> RawMessage {
+    RawMessage {
+        headers: None,
+        ..RawMessage::from(&Event::new("CATALOG-0001", 1))
+    }
+}
+
+fn with_absurd_quantity() -> RawMessage {
+    let mut order = good_value();
+    order["quantity"] = json!(1_000_000);
+    order["totalPrice"] = json!(1_000_000_i64 * 1500);
+    with_value(order)
+}
+
+/// Every malformed message: (description, message, reason code, phrase of the detail).
+#[rustfmt::skip]
 fn bad_messages() -> Vec<Bad> {
-    let good = RawMessage::from(&Event::new("CATALOG-0001", 1));
-    vec![
-        Bad {
-            description: "value is not JSON",
-            message: RawMessage {
-                value: Some(b"{\"orderId\": ".to_vec()),
-                ..good.clone()
-            },
-            reason: "invalid_json",
-            detail: "EOF",
-        },
-        Bad {
-            description: "value is absent",
-            message: RawMessage {
-                value: None,
-                ..good.clone()
-            },
-            reason: "invalid_json",
-            detail: "empty",
-        },
-        Bad {
-            description: "no headers at all",
-            message: RawMessage {
-                headers: None,
-                ..good.clone()
-            },
-            reason: "missing_header",
-            detail: "ce_specversion",
-        },
-        Bad {
-            description: "ce_id missing",
-            message: with_header(header::ID, None),
-            reason: "missing_header",
-            detail: "ce_id",
-        },
-        Bad {
-            description: "ce_id not a UUID",
-            message: with_header(header::ID, Some(b"order-42")),
-            reason: "invalid_header",
-            detail: "ce_id",
-        },
-        Bad {
-            description: "ce_id not UTF-8",
-            message: with_header(header::ID, Some(&[0xff, 0xfe, 0x00])),
-            reason: "invalid_header",
-            detail: "UTF-8",
-        },
-        Bad {
-            description: "ce_type of another event",
-            message: with_header(header::TYPE, Some(b"order.cancelled.v1")),
-            reason: "invalid_header",
-            detail: "ce_type",
-        },
-        Bad {
-            description: "ce_specversion not 1.0",
-            message: with_header(header::SPEC_VERSION, Some(b"0.3")),
-            reason: "invalid_header",
-            detail: "ce_specversion",
-        },
-        Bad {
-            description: "ce_time not RFC 3339",
-            message: with_header(header::TIME, Some(b"yesterday")),
-            reason: "invalid_header",
-            detail: "ce_time",
-        },
-        Bad {
-            description: "content-type not JSON",
-            message: with_header(header::CONTENT_TYPE, Some(b"text/plain")),
-            reason: "invalid_header",
-            detail: "content-type",
-        },
-        Bad {
-            description: "quantity is a string",
-            message: with_field("quantity", json!("3")),
-            reason: "invalid_event",
-            detail: "invalid type",
-        },
-        Bad {
-            description: "quantity missing",
-            message: {
-                let mut order = good_value();
-                order.as_object_mut().unwrap().remove("quantity");
-                with_value(order)
-            },
-            reason: "invalid_event",
-            detail: "missing field `quantity`",
-        },
-        Bad {
-            description: "quantity zero",
-            message: with_field("quantity", json!(0)),
-            reason: "invalid_event",
-            detail: "quantity",
-        },
-        Bad {
-            description: "quantity negative",
-            message: with_field("quantity", json!(-5)),
-            reason: "invalid_event",
-            detail: "quantity",
-        },
-        Bad {
-            description: "quantity absurd",
-            message: {
-                let mut order = good_value();
-                order["quantity"] = json!(1_000_000);
-                order["totalPrice"] = json!(1_000_000_i64 * 1500);
-                with_value(order)
-            },
-            reason: "invalid_event",
-            detail: "quantity",
-        },
-        Bad {
-            description: "quantity beyond a 32-bit integer",
-            message: with_field("quantity", json!(10_000_000_000_i64)),
-            reason: "invalid_event",
-            detail: "expected i32",
-        },
-        Bad {
-            description: "orderId not a UUID",
-            message: with_field("orderId", json!("42")),
-            reason: "invalid_event",
-            detail: "UUID",
-        },
-        Bad {
-            description: "productId empty",
-            message: with_field("productId", json!("")),
-            reason: "invalid_event",
-            detail: "productId",
-        },
-        Bad {
-            description: "totalPrice not quantity * unitPrice",
-            message: with_field("totalPrice", json!(1)),
-            reason: "invalid_event",
-            detail: "totalPrice",
-        },
-        Bad {
-            description: "value is a JSON array",
-            message: with_value(json!([1, 2, 3])),
-            reason: "invalid_event",
-            detail: "invalid type",
-        },
+    use header::{CONTENT_TYPE, ID, SPEC_VERSION, TIME, TYPE};
+    let (json, missing, header, event) =
+        ("invalid_json", "missing_header", "invalid_header", "invalid_event");
+    [
+        ("value is not JSON", with_raw_value(Some(b"{\"orderId\": ")), json, "EOF"),
+        ("value is absent", with_raw_value(None), json, "empty"),
+        ("no headers at all", without_headers(), missing, "ce_specversion"),
+        ("ce_id missing", with_header(ID, None), missing, "ce_id"),
+        ("ce_id not a UUID", with_header(ID, Some(b"order-42")), header, "ce_id"),
+        ("ce_id not UTF-8", with_header(ID, Some(&[0xff, 0xfe, 0x00])), header, "UTF-8"),
+        ("ce_type of another event", with_header(TYPE, Some(b"order.cancelled.v1")), header, "ce_type"),
+        ("ce_specversion not 1.0", with_header(SPEC_VERSION, Some(b"0.3")), header, "ce_specversion"),
+        ("ce_time not RFC 3339", with_header(TIME, Some(b"yesterday")), header, "ce_time"),
+        ("content-type not JSON", with_header(CONTENT_TYPE, Some(b"text/plain")), header, "content-type"),
+        ("quantity is a string", with_field("quantity", json!("3")), event, "invalid type"),
+        ("quantity missing", without_field("quantity"), event, "missing field `quantity`"),
+        ("quantity zero", with_field("quantity", json!(0)), event, "quantity"),
+        ("quantity negative", with_field("quantity", json!(-5)), event, "quantity"),
+        ("quantity absurd", with_absurd_quantity(), event, "quantity"),
+        ("quantity beyond a 32-bit integer", with_field("quantity", json!(10_000_000_000_i64)), event, "expected i32"),
+        ("orderId not a UUID", with_field("orderId", json!("42")), event, "UUID"),
+        ("productId empty", with_field("productId", json!("")), event, "productId"),
+        ("totalPrice not quantity * unitPrice", with_field("totalPrice", json!(1)), event, "totalPrice"),
+        ("value is a JSON array", with_value(json!([1, 2, 3])), event, "invalid type"),
     ]
+    .into_iter()
+    .map(|(description, message, reason, detail)| Bad { description, message, reason, detail })
+    .collect()
 }
 
 #[tokio::test]
@@ -234,7 +145,7 @@ async fn bad_messages_go_to_the_dead_letter_topic_with_their_reason_and_never_st
         last_offset = offset;
     }
 
-    let letters = fixture.dead_letters(bad.len()).await;
+    let letters = fixture.wait_for_dead_letters(bad.len()).await;
     assert_eq!(
         letters.len(),
         bad.len(),
@@ -299,7 +210,13 @@ async fn bad_messages_go_to_the_dead_letter_topic_with_their_reason_and_never_st
     fixture
         .wait_for_committed(&[Some(last_offset + 1), None])
         .await;
-    // Each dead-lettered once: no retry sent a second copy.
+    // Each dead-lettered once: no retry sent a second copy. Every message is applied and its
+    // offset committed, so nothing is left to retry: the topic as it is now is final.
+    assert_eq!(
+        fixture.dead_letters().await.len(),
+        bad.len(),
+        "dead letters on the topic"
+    );
     assert_eq!(consumer.messages("dlq").await, bad.len() as u64);
     consumer.stop().await;
 }

@@ -36,7 +36,7 @@ async fn fifty_orders_of_one_against_stock_ten_apply_ten_and_record_forty_as_ins
     assert_eq!(fixture.stock("CATALOG-0001").await, 0);
     assert_eq!(fixture.stock("CATALOG-0002").await, 1000 - 25 * 2);
     let by_product: HashMap<(String, String), i64> = sqlx::query_as::<_, (String, String, i64)>(
-        "select product_id, outcome, count(*) from processed_events group by 1, 2",
+        "select product_id, outcome::text, count(*) from processed_events group by 1, 2",
     )
     .fetch_all(&fixture.pool)
     .await

@@ -81,7 +81,7 @@ async fn an_event_redelivered_after_its_id_was_pruned_is_dead_lettered_not_appli
     // Redelivered (a group reset, a replayed topic): its id is gone, its ce_time is past the
     // window, so it goes to the dead-letter topic instead of decrementing the stock again.
     producer.send_raw(&copy, None).await;
-    let letters = fixture.dead_letters(1).await;
+    let letters = fixture.wait_for_dead_letters(1).await;
     assert_eq!(letters.len(), 1);
     assert_eq!(
         letters[0].header("dlq_reason").as_deref(),

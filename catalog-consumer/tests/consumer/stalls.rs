@@ -92,7 +92,7 @@ async fn a_static_member_killed_and_restarted_takes_its_partitions_back_within_t
         env
     };
     let port = free_port();
-    let mut first = ConsumerProcess::start(&env(port), port);
+    let mut first = ConsumerProcess::start(&env(port), &[], port);
     let before = Event::new("CATALOG-0001", 1);
     producer.send_to(&before, 0).await;
     wait_until("the first event applied", || async {
@@ -103,7 +103,7 @@ async fn a_static_member_killed_and_restarted_takes_its_partitions_back_within_t
     first.child.wait().unwrap();
 
     let port = free_port();
-    let _second = ConsumerProcess::start(&env(port), port);
+    let _second = ConsumerProcess::start(&env(port), &[], port);
     let restarted = std::time::Instant::now();
     let after: Vec<Event> = (0..2).map(|_| Event::new("CATALOG-0001", 1)).collect();
     producer.send_to(&after[0], 0).await;

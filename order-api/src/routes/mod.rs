@@ -20,6 +20,6 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             web::resource("/users/{user_id}/orders")
                 .route(web::get().to(orders::list_user_orders))
                 .default_service(web::to(|| ops::method_not_allowed("GET"))),
-        )
-        .service(ops::get_only("/openapi.json").route(web::get().to(openapi::document)));
+        );
+    ops::configure_openapi(cfg, openapi::api());
 }

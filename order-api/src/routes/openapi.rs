@@ -2,10 +2,9 @@
 //! `#[utoipa::path]` annotations and the types they take and return. The limits come from the
 //! constants the validation uses (see [`limits`]), never from numbers written here twice.
 
-use actix_web::HttpResponse;
 use outbox_core::{
     event::{MAX_ID_LEN, MAX_QUANTITY, MAX_UNIT_PRICE},
-    ops::OpsApi,
+    ops,
 };
 use utoipa::{
     openapi::{
@@ -17,6 +16,7 @@ use utoipa::{
 };
 
 use super::orders::{self, CreateOrder, MAX_IDEMPOTENCY_KEY_LEN, MAX_LIST_LIMIT};
+use crate::order_store::{Order, PLACED};
 
 /// Every route of order-api.
 #[derive(OpenApi)]
@@ -25,24 +25,15 @@ use super::orders::{self, CreateOrder, MAX_IDEMPOTENCY_KEY_LEN, MAX_LIST_LIMIT};
         title = "order-api",
         description = "Places orders; each order and its order.placed.v1 event are written in one transaction."
     ),
-    paths(orders::create_order, orders::get_order, orders::list_user_orders, document),
-    components(schemas(CreateOrder, crate::orders::Order)),
+    paths(orders::create_order, orders::get_order, orders::list_user_orders),
+    components(schemas(CreateOrder, Order)),
     modifiers(&Limits)
 )]
 pub(crate) struct ApiDoc;
 
 /// The whole document: the routes above and the operations routes of every service.
 pub(crate) fn api() -> Document {
-    let mut document = ApiDoc::openapi();
-    document.merge(OpsApi::openapi());
-    document
-}
-
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    responses((status = 200, description = "The OpenAPI document", body = Object)))]
-pub(crate) async fn document() -> HttpResponse {
-    HttpResponse::Ok().json(api())
+    ops::openapi_document(ApiDoc::openapi())
 }
 
 /// A user or product id as `outbox_core::event::validate_id` accepts it: 1 to [`MAX_ID_LEN`]
@@ -103,6 +94,47 @@ impl PartialSchema for CreateOrder {
 
 impl ToSchema for CreateOrder {}
 
+/// Written out, as [`Order`] serialises by hand: its event value and its status.
+impl PartialSchema for Order {
+    fn schema() -> RefOr<Schema> {
+        let typed = |schema_type, format: Option<KnownFormat>| {
+            ObjectBuilder::new()
+                .schema_type(schema_type)
+                .format(format.map(SchemaFormat::KnownFormat))
+        };
+        let string = || typed(Type::String, None);
+        #[allow(deprecated)] // `example`, as the document has always had it.
+        let status = string().example(Some(PLACED.into()));
+        let properties = [
+            ("orderId", typed(Type::String, Some(KnownFormat::Uuid))),
+            ("userId", string()),
+            ("productId", string()),
+            ("quantity", typed(Type::Integer, Some(KnownFormat::Int32))),
+            ("unitPrice", typed(Type::Integer, Some(KnownFormat::Int64))),
+            (
+                "totalPrice",
+                typed(Type::Integer, Some(KnownFormat::Int64))
+                    .description(Some("quantity × unitPrice, minor units.")),
+            ),
+            ("status", status),
+            (
+                "createdAt",
+                typed(Type::String, Some(KnownFormat::DateTime)),
+            ),
+        ];
+        properties
+            .into_iter()
+            .fold(
+                ObjectBuilder::new()
+                    .description(Some("An order as stored and as returned by the API.")),
+                |object, (name, schema)| object.property(name, schema).required(name),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for Order {}
+
 /// Puts the limits of the header and query parameters, from the validation's constants, into
 /// the operations the path macros described.
 struct Limits;
@@ -134,5 +166,44 @@ impl Modify for Limits {
                 parameter.schema = Some(schema.into());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    #[test]
+    fn the_order_schema_is_unchanged_and_names_every_field_an_order_serialises() {
+        let schema = serde_json::to_value(Order::schema()).unwrap();
+        assert_eq!(
+            schema,
+            json!({
+                "type": "object",
+                "description": "An order as stored and as returned by the API.",
+                "required": ["orderId", "userId", "productId", "quantity", "unitPrice",
+                             "totalPrice", "status", "createdAt"],
+                "properties": {
+                    "orderId": {"type": "string", "format": "uuid"},
+                    "userId": {"type": "string"},
+                    "productId": {"type": "string"},
+                    "quantity": {"type": "integer", "format": "int32"},
+                    "unitPrice": {"type": "integer", "format": "int64"},
+                    "totalPrice": {"type": "integer", "format": "int64",
+                                   "description": "quantity \u{d7} unitPrice, minor units."},
+                    "status": {"type": "string", "example": "PLACED"},
+                    "createdAt": {"type": "string", "format": "date-time"},
+                },
+            })
+        );
+        let Value::Object(order) =
+            serde_json::to_value(crate::order_store::tests::sample()).unwrap()
+        else {
+            panic!("an order serialises as an object");
+        };
+        let named: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+        assert_eq!(named, order.keys().collect::<Vec<_>>());
     }
 }

@@ -7,12 +7,12 @@ use outbox_core::{
     event::{self, OrderPlaced},
     telemetry::{self, TraceHeaders},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
-    orders::{self, Inserted, NewOrder},
+    order_store::{self, Inserted, NewOrder, Order},
     ApiError, AppState,
 };
 
@@ -21,14 +21,39 @@ pub(crate) struct BodyLimit(pub usize);
 pub(crate) const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 const MAX_ERROR_DETAIL: usize = 200;
 
-/// The body of `POST /orders`, as the seed's OrderDto.
-#[derive(Debug, Deserialize)]
+/// The body of `POST /orders`, as the seed's OrderDto. Serialised, it is the request an
+/// Idempotency-Key remembers: what was asked, not what was generated.
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct CreateOrder {
     user_id: String,
     product_id: String,
     quantity: i64,
     unit_price: i64,
+}
+
+impl TryFrom<CreateOrder> for OrderPlaced {
+    type Error = ApiError;
+
+    /// Gives the order its id, time and total, then checks it once by the rules the consumer
+    /// applies to its event.
+    fn try_from(input: CreateOrder) -> Result<Self, ApiError> {
+        // Beyond i32 is out of range as well: 0 fails the quantity rule with the same message.
+        let quantity = i32::try_from(input.quantity).unwrap_or(0);
+        let order = Self {
+            order_id: Uuid::now_v7(),
+            user_id: input.user_id,
+            product_id: input.product_id,
+            quantity,
+            unit_price: input.unit_price,
+            // Saturates only for an out-of-range quantity or unitPrice, which `validate` reports.
+            total_price: i64::from(quantity).saturating_mul(input.unit_price),
+            // PostgreSQL keeps microseconds: the response, the row and the event agree exactly.
+            created_at: Utc::now().trunc_subsecs(6),
+        };
+        order.validate().map_err(ApiError::Unprocessable)?;
+        Ok(order)
+    }
 }
 
 /// Place an order: the order and its order.placed.v1 event are written in one transaction.
@@ -46,7 +71,7 @@ pub(crate) struct CreateOrder {
             description = "W3C trace state, carried on the event unchanged."),
     ),
     responses(
-        (status = 201, description = "Order placed, or replayed for an Idempotency-Key", body = crate::orders::Order,
+        (status = 201, description = "Order placed, or replayed for an Idempotency-Key", body = Order,
             headers(
                 ("Location" = String, description = "/orders/{orderId}"),
                 ("idempotent-replayed" = String, description = "`true` when the order was placed by an earlier request with the same Idempotency-Key"),
@@ -126,7 +151,12 @@ async fn create(
             )
         }
     })?;
-    let order = validate(input)?;
+    let asked = key
+        .is_some()
+        .then(|| serde_json::to_value(&input))
+        .transpose()
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let order = OrderPlaced::try_from(input)?;
     let span = tracing::Span::current();
     span.record("order_id", tracing::field::display(order.order_id));
     if let Some(key) = &key {
@@ -134,23 +164,17 @@ async fn create(
     }
 
     let traceparent = trace.traceparent.unwrap_or_default();
-    // The request as the idempotency key remembers it: what was asked, not what was generated.
-    let canonical = serde_json::json!({
-        "userId": order.user_id,
-        "productId": order.product_id,
-        "quantity": order.quantity,
-        "unitPrice": order.unit_price,
-    });
+    let event_id = Uuid::now_v7();
     let new = NewOrder {
         order: &order,
-        event_id: Uuid::now_v7(),
+        event_id,
         topic: &state.topic,
         traceparent: &traceparent,
         tracestate: trace.tracestate.as_deref(),
-        idempotency: key.as_deref().map(|k| (k, &canonical)),
+        idempotency: key.as_deref().zip(asked.as_ref()),
     };
     let started = Instant::now();
-    let inserted = orders::insert_with_event(&state.pool, &new).await?;
+    let inserted = order_store::insert_with_event(&state.pool, &new).await?;
     state
         .metrics
         .insert_seconds
@@ -161,38 +185,35 @@ async fn create(
             state.metrics.orders_created.inc();
             tracing::info!(
                 order_id = %order.order_id,
-                event_id = %new.event_id,
+                %event_id,
                 product_id = %order.product_id,
                 quantity = order.quantity,
                 "order placed"
             );
-            let stored = orders::Order {
-                order_id: order.order_id,
-                user_id: order.user_id.clone(),
-                product_id: order.product_id.clone(),
-                quantity: order.quantity,
-                unit_price: order.unit_price,
-                total_price: order.total_price,
-                status: "PLACED".into(),
-                created_at: order.created_at,
+            let stored = Order {
+                placed: order,
+                status: order_store::PLACED.into(),
             };
             Ok(created(&stored, false))
         }
         Inserted::Existing {
             request,
             order: existing,
-        } if request == canonical => {
+        } if asked.as_ref() == Some(&request) => {
             state.metrics.idempotent_replays.inc();
-            tracing::info!(order_id = %existing.order_id, "idempotent replay");
+            tracing::info!(order_id = %existing.placed.order_id, "idempotent replay");
             Ok(created(&existing, true))
         }
         Inserted::Existing { .. } => Err(ApiError::IdempotencyKeyReused),
     }
 }
 
-fn created(order: &orders::Order, replayed: bool) -> HttpResponse {
+fn created(order: &Order, replayed: bool) -> HttpResponse {
     let mut response = HttpResponse::Created();
-    response.insert_header((header::LOCATION, format!("/orders/{}", order.order_id)));
+    response.insert_header((
+        header::LOCATION,
+        format!("/orders/{}", order.placed.order_id),
+    ));
     if replayed {
         response.insert_header(("idempotent-replayed", "true"));
     }
@@ -252,35 +273,6 @@ async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes
     Ok(body)
 }
 
-fn validate(input: CreateOrder) -> Result<OrderPlaced, ApiError> {
-    let invalid = ApiError::Unprocessable;
-    event::validate_id("userId", &input.user_id).map_err(invalid)?;
-    event::validate_id("productId", &input.product_id).map_err(invalid)?;
-    let quantity = i32::try_from(input.quantity).map_err(|_| {
-        invalid(format!(
-            "quantity must be between 1 and {}",
-            event::MAX_QUANTITY
-        ))
-    })?;
-    event::validate_quantity(quantity).map_err(invalid)?;
-    event::validate_unit_price(input.unit_price).map_err(invalid)?;
-    let total_price = i64::from(quantity)
-        .checked_mul(input.unit_price)
-        .ok_or_else(|| invalid("quantity * unitPrice is too large".into()))?;
-    let order = OrderPlaced {
-        order_id: Uuid::now_v7(),
-        user_id: input.user_id,
-        product_id: input.product_id,
-        quantity,
-        unit_price: input.unit_price,
-        total_price,
-        // PostgreSQL keeps microseconds: the response, the row and the event agree exactly.
-        created_at: Utc::now().trunc_subsecs(6),
-    };
-    order.validate().map_err(invalid)?;
-    Ok(order)
-}
-
 fn truncate(text: &str) -> String {
     if text.len() <= MAX_ERROR_DETAIL {
         return text.to_owned();
@@ -299,7 +291,7 @@ fn truncate(text: &str) -> String {
     tag = "orders",
     params(("orderId" = uuid::Uuid, Path, description = "The order's id")),
     responses(
-        (status = 200, description = "The order", body = crate::orders::Order),
+        (status = 200, description = "The order", body = Order),
         (status = 400, description = "orderId is not a UUID", body = outbox_core::ops::ErrorBody),
         (status = 404, description = "No such order", body = outbox_core::ops::ErrorBody),
         (status = 500, description = "Unexpected failure (logged)", body = outbox_core::ops::ErrorBody),
@@ -313,7 +305,7 @@ pub(crate) async fn get_order(
 ) -> Result<HttpResponse, ApiError> {
     let order_id = Uuid::parse_str(&path)
         .map_err(|_| ApiError::bad_request("invalid_order_id", "orderId must be a UUID"))?;
-    match orders::find(&state.pool, order_id).await? {
+    match order_store::find(&state.pool, order_id).await? {
         Some(order) => Ok(HttpResponse::Ok().json(order)),
         None => Err(ApiError::NotFound(format!("no order {order_id}"))),
     }
@@ -336,7 +328,7 @@ pub(crate) const MAX_LIST_LIMIT: i64 = 1000;
         ("limit" = Option<i64>, Query, description = "Most orders returned"),
     ),
     responses(
-        (status = 200, description = "The orders", body = Vec<crate::orders::Order>),
+        (status = 200, description = "The orders", body = Vec<Order>),
         (status = 400, description = "Invalid userId or limit", body = outbox_core::ops::ErrorBody),
         (status = 500, description = "Unexpected failure (logged)", body = outbox_core::ops::ErrorBody),
         (status = 503, description = "Database unavailable", body = outbox_core::ops::ErrorBody),
@@ -361,6 +353,24 @@ pub(crate) async fn list_user_orders(
     if !(1..=MAX_LIST_LIMIT).contains(&limit) {
         return Err(invalid_limit());
     }
-    let orders = orders::list_for_user(&state.pool, &user_id, limit).await?;
+    let orders = order_store::list_for_user(&state.pool, &user_id, limit).await?;
     Ok(HttpResponse::Ok().json(orders))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_an_idempotency_key_remembers_is_serialised_as_it_always_was() {
+        let input: CreateOrder = serde_json::from_str(
+            r#"{"userId":"u-1","productId":"CATALOG-0001","quantity":3,"unitPrice":1500}"#,
+        )
+        .unwrap();
+        // The bytes the hand-built `json!` request was sent as, keys sorted.
+        assert_eq!(
+            serde_json::to_value(&input).unwrap().to_string(),
+            r#"{"productId":"CATALOG-0001","quantity":3,"unitPrice":1500,"userId":"u-1"}"#
+        );
+    }
 }

@@ -13,14 +13,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 /// The value of an unlabelled series in a `/metrics` body.
 async fn metric(app: &TestApp, name: &str) -> f64 {
     let body = app.get("/metrics").await.text().await.expect("metrics");
-    body.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
+    testkit::metric_value(&body, name)
         .unwrap_or_else(|| panic!("{name} is not in /metrics:\n{body}"))
 }
 

@@ -2,7 +2,6 @@
 
 mod bad_requests;
 mod cli;
-mod compose;
 mod helpers;
 mod long_run;
 mod orders;

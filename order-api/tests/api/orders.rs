@@ -356,11 +356,23 @@ async fn the_generated_openapi_document_states_every_route_header_error_and_limi
 #[tokio::test]
 async fn a_placed_order_wakes_idle_relays_after_its_commit() {
     let app = spawn_app().await;
+    // A probe notifies as the order's transaction commits (a deferred trigger fires at commit,
+    // after all that transaction's statements). Notifications arrive in commit order, so a
+    // wake-up sent from inside the order's transaction would arrive before the probe.
+    sqlx::raw_sql(
+        "create function notify_order_committed() returns trigger language plpgsql as $$
+         begin perform pg_notify('order_committed', new.order_id::text); return null; end $$;
+         create constraint trigger order_committed after insert on orders
+           deferrable initially deferred for each row execute function notify_order_committed();",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool)
         .await
         .unwrap();
     listener
-        .listen(outbox_core::db::OUTBOX_WAKEUP_CHANNEL)
+        .listen_all(["order_committed", outbox_core::db::OUTBOX_WAKEUP_CHANNEL])
         .await
         .unwrap();
 
@@ -368,13 +380,28 @@ async fn a_placed_order_wakes_idle_relays_after_its_commit() {
         .post_order(&order_body("user-1", "CATALOG-0001", 1, 100))
         .await;
     assert_eq!(response.status(), 201);
+    let order: Value = response.json().await.unwrap();
 
-    let notification = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv())
-        .await
-        .expect("a wake-up notification within 5 s")
-        .unwrap();
+    let mut received = Vec::new();
+    for _ in 0..2 {
+        let notification = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no notification within 5 s after {received:?}"))
+            .unwrap();
+        received.push((
+            notification.channel().to_owned(),
+            notification.payload().to_owned(),
+        ));
+    }
     assert_eq!(
-        notification.channel(),
-        outbox_core::db::OUTBOX_WAKEUP_CHANNEL
+        received,
+        [
+            (
+                "order_committed".into(),
+                order["orderId"].as_str().unwrap().into()
+            ),
+            (outbox_core::db::OUTBOX_WAKEUP_CHANNEL.into(), String::new()),
+        ],
+        "the order commits, then a wake-up follows"
     );
 }

@@ -1,9 +1,9 @@
 //! Test support: a relay spawned on port 0 against a fresh database and its own topic, rows
-//! inserted the way order-api writes them, and a consumer that reads a topic to its end.
+//! inserted the way order-api writes them, and a topic read to its partitions' high watermarks.
 
 use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
+    collections::{HashMap, HashSet},
+    time::Duration,
 };
 
 use anyhow::Context;
@@ -14,8 +14,8 @@ use outbox_core::{
 };
 use outbox_relay::{Relay, Settings};
 use rdkafka::{
-    consumer::{BaseConsumer, Consumer},
-    ClientConfig, Message, Offset, TopicPartitionList,
+    message::{OwnedHeaders, OwnedMessage},
+    Message,
 };
 use sqlx::{PgExecutor, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -91,7 +91,7 @@ impl TestEnv {
         read_topic(&self.brokers, &self.topic).await
     }
 
-    /// Reads the topic until it holds at least `count` messages.
+    /// Reads the topic (to its end) until it holds at least `count` messages.
     pub async fn wait_for_messages(&self, count: usize, deadline: Duration) -> Vec<Published> {
         let brokers = self.brokers.clone();
         let topic = self.topic.clone();
@@ -109,6 +109,30 @@ impl TestEnv {
 
     pub async fn rows(&self) -> Vec<OutboxRow> {
         outbox_rows(&self.pool).await
+    }
+
+    /// The partition keys of the rows left in the outbox, in id order.
+    pub async fn keys_left(&self) -> Vec<String> {
+        self.rows()
+            .await
+            .into_iter()
+            .map(|row| row.partition_key)
+            .collect()
+    }
+
+    /// Waits until the outbox is drained, then reads the whole topic and asserts it holds
+    /// exactly the `expected` events, every key in order; returns the messages.
+    pub async fn assert_drained_into_topic_in_key_order(
+        &self,
+        expected: impl IntoIterator<Item = Uuid>,
+        deadline: Duration,
+    ) -> Vec<Published> {
+        self.wait_until_drained(deadline).await;
+        let messages = self.read_topic().await;
+        let expected: HashSet<Uuid> = expected.into_iter().collect();
+        assert_eq!(event_ids(&messages), expected, "every event, nothing else");
+        assert_each_key_in_order(&messages);
+        messages
     }
 
     /// Waits until the outbox is empty.
@@ -177,11 +201,17 @@ impl RunningRelay {
 
     /// Waits until the relay, idle, waits at least `seconds` between polls.
     pub async fn wait_until_idle_wait_reaches(&self, seconds: f64) {
+        self.wait_until_metric_reaches("outbox_relay_idle_wait_seconds", seconds)
+            .await;
+    }
+
+    /// Waits until the sum of a metric's samples (see [`Self::metric`]) is at least `value`.
+    pub async fn wait_until_metric_reaches(&self, name: &str, value: f64) {
         eventually(Duration::from_secs(30), || async {
-            (self.metric("outbox_relay_idle_wait_seconds").await >= seconds).then_some(())
+            (self.metric(name).await >= value).then_some(())
         })
         .await
-        .unwrap_or_else(|_| panic!("the relay's idle wait did not reach {seconds} s"));
+        .unwrap_or_else(|_| panic!("{name} did not reach {value} within 30 s"));
     }
 
     /// The sum of a metric's samples (all label values) from `/metrics`.
@@ -269,73 +299,57 @@ pub struct Published {
     pub traceparent: Option<String>,
 }
 
-/// Reads every message of `topic` with a consumer of its own group, in partition and offset
-/// order: everything the broker has, i.e. until no message came for a while.
-///
-/// Tansu 0.6 answers ListOffsets with a wrong high watermark (1 for a partition holding 400
-/// messages), so the end of the topic cannot be asked for; the read ends after a quiet period
-/// instead. Callers only read messages that were acknowledged before the call.
+/// Reads every message of `topic`, in partition and offset order, up to each partition's high
+/// watermark when the call starts: everything the broker acknowledged before the call, exactly.
+/// "Nothing more" is never judged by a quiet period, so a late duplicate cannot hide behind one.
 pub async fn read_topic(brokers: &str, topic: &str) -> Vec<Published> {
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || read_topic_blocking(&brokers, &topic))
-        .await
-        .expect("reader task")
-        .expect("read topic")
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Published>> {
+        let mut messages = testkit::topic::read_to_end(&brokers, &topic)?
+            .iter()
+            .map(Published::of)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        messages.sort_by_key(|m| (m.partition, m.offset));
+        Ok(messages)
+    })
+    .await
+    .expect("reader task")
+    .expect("read topic")
 }
 
-fn read_topic_blocking(brokers: &str, topic: &str) -> anyhow::Result<Vec<Published>> {
-    const FIRST_MESSAGE: Duration = Duration::from_secs(3);
-    const QUIET: Duration = Duration::from_millis(700);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("relay-test-reader-{}", Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "10")
-        .set("log_level", "3")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .context("no topic metadata")?
-        .partitions()
-        .len() as i32;
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
-    let mut messages = Vec::new();
-    let started = Instant::now();
-    let mut last = None::<Instant>;
-    loop {
-        let waited = match last {
-            None => started.elapsed() > FIRST_MESSAGE,
-            Some(last) => last.elapsed() > QUIET,
-        };
-        if waited {
-            break;
-        }
-        let Some(message) = consumer.poll(Duration::from_millis(50)) else {
-            continue;
-        };
-        let message = message?;
-        last = Some(Instant::now());
-        let event = CloudEvent::from_kafka_headers(message.headers())
-            .map_err(|e| anyhow::anyhow!("bad headers: {e}"))?;
+impl Published {
+    fn of(message: &OwnedMessage) -> anyhow::Result<Self> {
+        let event =
+            CloudEvent::from_kafka_headers(message.headers().map(OwnedHeaders::as_borrowed))
+                .map_err(|e| anyhow::anyhow!("bad headers: {e}"))?;
         let value: serde_json::Value = serde_json::from_slice(message.payload().unwrap_or(b""))?;
-        messages.push(Published {
+        Ok(Self {
             partition: message.partition(),
             offset: message.offset(),
             key: String::from_utf8(message.key().unwrap_or_default().to_vec())?,
             ce_id: event.id,
             seq: value["seq"].as_i64().context("seq")?,
             traceparent: event.traceparent,
-        });
+        })
     }
-    messages.sort_by_key(|m| (m.partition, m.offset));
-    Ok(messages)
+}
+
+/// The event ids of `messages`, each once.
+pub fn event_ids(messages: &[Published]) -> HashSet<Uuid> {
+    messages.iter().map(|m| m.ce_id).collect()
+}
+
+/// Asserts that the events of every key first appear on the topic in seq order; returns each
+/// key's seqs in that order.
+pub fn assert_each_key_in_order(messages: &[Published]) -> HashMap<String, Vec<i64>> {
+    let by_key = first_seen_order(messages);
+    for (key, seqs) in &by_key {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "key {key} arrived out of order: {seqs:?}"
+        );
+    }
+    by_key
 }
 
 /// The seqs of each key in the order their first copy appears on the topic (duplicates from a

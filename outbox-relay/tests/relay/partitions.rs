@@ -11,7 +11,7 @@ use rdkafka::{
 };
 use uuid::Uuid;
 
-use crate::helpers::{first_seen_order, round_robin, TestEnv};
+use crate::helpers::{round_robin, TestEnv};
 
 const PARTITIONS: i32 = 6;
 
@@ -28,13 +28,7 @@ async fn keys_of_a_partition_without_a_leader_wait_in_order_while_every_other_ke
         .expect("partition 0 without a leader");
 
     let rows = round_robin(3_000, 60);
-    let stuck_keys: HashSet<String> = rows
-        .iter()
-        .map(|(key, _)| key.clone())
-        .filter(|key| partition_of(key.as_bytes(), PARTITIONS) == 0)
-        .collect();
-    let stuck_rows = rows.iter().filter(|(k, _)| stuck_keys.contains(k)).count() as i64;
-    assert!(!stuck_keys.is_empty() && stuck_keys.len() < 60);
+    let (stuck_keys, stuck_rows) = keys_of_partition_zero(&rows);
     let inserted = env.insert(&rows).await;
     let relay = env
         .spawn_relay(&[
@@ -51,12 +45,7 @@ async fn keys_of_a_partition_without_a_leader_wait_in_order_while_every_other_ke
     env.wait_for_rows_left(Duration::from_secs(20), |left| left == stuck_rows)
         .await
         .expect("every key of the available partitions published within 20 s");
-    let left: HashSet<String> = env
-        .rows()
-        .await
-        .into_iter()
-        .map(|row| row.partition_key)
-        .collect();
+    let left: HashSet<String> = env.keys_left().await.into_iter().collect();
     assert_eq!(
         left, stuck_keys,
         "only the leaderless partition's keys wait"
@@ -67,16 +56,8 @@ async fn keys_of_a_partition_without_a_leader_wait_in_order_while_every_other_ke
     cluster
         .partition_leader(&topic, 0, Some(1))
         .expect("partition 0 gets a leader");
-    env.wait_until_drained(Duration::from_secs(60)).await;
-    let messages = env.read_topic().await;
-    let published: HashSet<Uuid> = messages.iter().map(|m| m.ce_id).collect();
-    assert_eq!(published, inserted.into_iter().collect::<HashSet<_>>());
-    for (key, seqs) in first_seen_order(&messages) {
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "{key} out of order: {seqs:?}"
-        );
-    }
+    env.assert_drained_into_topic_in_key_order(inserted, Duration::from_secs(60))
+        .await;
     relay.stop().await;
 }
 
@@ -96,13 +77,7 @@ async fn keys_of_a_partition_whose_acks_lag_past_the_delivery_timeout_are_held_u
     }
     let env = TestEnv::with_topic(cluster.bootstrap_servers(), topic.clone()).await;
     let rows = round_robin(2_000, 40);
-    let slow_keys: HashSet<String> = rows
-        .iter()
-        .map(|(key, _)| key.clone())
-        .filter(|key| partition_of(key.as_bytes(), PARTITIONS) == 0)
-        .collect();
-    let slow_rows = rows.iter().filter(|(k, _)| slow_keys.contains(k)).count() as i64;
-    assert!(!slow_keys.is_empty() && slow_keys.len() < 40);
+    let (slow_keys, slow_rows) = keys_of_partition_zero(&rows);
     let relay = env
         .spawn_relay(&[
             "--delivery-timeout-secs",
@@ -124,30 +99,30 @@ async fn keys_of_a_partition_whose_acks_lag_past_the_delivery_timeout_are_held_u
     env.wait_for_rows_left(Duration::from_secs(15), |left| left <= slow_rows)
         .await
         .expect("the other partitions' keys flow while partition 0's acks lag");
-    let left: HashSet<String> = env
-        .rows()
-        .await
-        .into_iter()
-        .map(|row| row.partition_key)
-        .collect();
+    let left: HashSet<String> = env.keys_left().await.into_iter().collect();
     assert!(left.is_subset(&slow_keys), "only slow keys wait: {left:?}");
     assert_eq!(relay.metric("outbox_relay_retries_total").await, 0.0);
 
     cluster
         .broker_round_trip_time(1, Duration::ZERO)
         .expect("broker 1 fast again");
-    env.wait_until_drained(Duration::from_secs(60)).await;
-    let messages = env.read_topic().await;
-    let published: HashSet<Uuid> = messages.iter().map(|m| m.ce_id).collect();
-    let expected: HashSet<Uuid> = inserted.into_iter().chain(warm_up).collect();
-    assert_eq!(published, expected);
-    for (key, seqs) in first_seen_order(&messages) {
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "{key} out of order: {seqs:?}"
-        );
-    }
+    let expected = inserted.into_iter().chain(warm_up);
+    env.assert_drained_into_topic_in_key_order(expected, Duration::from_secs(60))
+        .await;
     relay.stop().await;
+}
+
+/// The keys of `rows` that go to partition 0 (some, not all), and how many rows they have.
+fn keys_of_partition_zero(rows: &[(String, i64)]) -> (HashSet<String>, i64) {
+    let keys: HashSet<&str> = rows.iter().map(|(key, _)| key.as_str()).collect();
+    let zero: HashSet<String> = keys
+        .iter()
+        .filter(|key| partition_of(key.as_bytes(), PARTITIONS) == 0)
+        .map(|key| key.to_string())
+        .collect();
+    assert!(!zero.is_empty() && zero.len() < keys.len());
+    let rows = rows.iter().filter(|(key, _)| zero.contains(key)).count() as i64;
+    (zero, rows)
 }
 
 #[tokio::test]

@@ -1,13 +1,15 @@
 use std::{
     collections::{HashMap, HashSet},
     io::{BufRead, BufReader},
+    path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
+use clap::CommandFactory;
 use uuid::Uuid;
 
-use crate::helpers::{first_seen_order, round_robin, TestEnv};
+use crate::helpers::{assert_each_key_in_order, round_robin, TestEnv};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox-relay");
 
@@ -23,71 +25,35 @@ fn help_text(args: &[&str]) -> String {
 
 #[test]
 fn help_lists_every_setting_with_its_environment_variable_and_default() {
+    testkit::process::assert_help_lists_every_setting(
+        Path::new(BIN),
+        &outbox_relay::Cli::command(),
+        &[
+            ("HTTP_ADDR", Some("127.0.0.1:8082")),
+            (
+                "DATABASE_URL",
+                Some("postgres://postgres:postgres@127.0.0.1:5432/orders"),
+            ),
+            ("DB_MAX_CONNECTIONS", Some("10")),
+            ("DB_ACQUIRE_TIMEOUT_SECS", Some("5")),
+            ("SKIP_MIGRATIONS", None),
+            ("KAFKA_BROKERS", Some("127.0.0.1:9092")),
+            ("BATCH_SIZE", Some("500")),
+            ("MAX_LANES_PER_BATCH", Some("16")),
+            ("IDLE_POLL_MAX_MS", Some("500")),
+            ("MAX_ATTEMPTS", Some("10")),
+            ("RETRY_INITIAL_MS", Some("1000")),
+            ("RETRY_MAX_MS", Some("300000")),
+            ("OUTAGE_BACKOFF_MAX_MS", Some("5000")),
+            ("DELIVERY_TIMEOUT_SECS", Some("15")),
+            ("MESSAGE_TIMEOUT_MS", Some("120000")),
+            ("MESSAGE_MAX_BYTES", Some("1000000")),
+            ("LINGER_MS", Some("1")),
+            ("STATS_INTERVAL_SECS", Some("5")),
+        ],
+    );
     let help = help_text(&["--help"]);
-    let settings: &[(&str, &str, Option<&str>)] = &[
-        ("--http-addr", "HTTP_ADDR", Some("127.0.0.1:8082")),
-        (
-            "--database-url",
-            "DATABASE_URL",
-            Some("postgres://postgres:postgres@127.0.0.1:5432/orders"),
-        ),
-        ("--db-max-connections", "DB_MAX_CONNECTIONS", Some("10")),
-        (
-            "--db-acquire-timeout-secs",
-            "DB_ACQUIRE_TIMEOUT_SECS",
-            Some("5"),
-        ),
-        ("--skip-migrations", "SKIP_MIGRATIONS", None),
-        ("--kafka-brokers", "KAFKA_BROKERS", Some("127.0.0.1:9092")),
-        ("--batch-size", "BATCH_SIZE", Some("500")),
-        ("--max-lanes-per-batch", "MAX_LANES_PER_BATCH", Some("16")),
-        ("--idle-poll-max-ms", "IDLE_POLL_MAX_MS", Some("500")),
-        ("--max-attempts", "MAX_ATTEMPTS", Some("10")),
-        ("--retry-initial-ms", "RETRY_INITIAL_MS", Some("1000")),
-        ("--retry-max-ms", "RETRY_MAX_MS", Some("300000")),
-        (
-            "--outage-backoff-max-ms",
-            "OUTAGE_BACKOFF_MAX_MS",
-            Some("5000"),
-        ),
-        (
-            "--delivery-timeout-secs",
-            "DELIVERY_TIMEOUT_SECS",
-            Some("15"),
-        ),
-        ("--message-timeout-ms", "MESSAGE_TIMEOUT_MS", Some("120000")),
-        ("--message-max-bytes", "MESSAGE_MAX_BYTES", Some("1000000")),
-        ("--linger-ms", "LINGER_MS", Some("1")),
-        ("--stats-interval-secs", "STATS_INTERVAL_SECS", Some("5")),
-    ];
-    // One entry per option: its line and the description lines below it, joined.
-    let mut entries: Vec<String> = Vec::new();
-    for line in help.lines() {
-        let line = line.trim();
-        if line.starts_with('-') {
-            entries.push(line.to_owned());
-        } else if let Some(entry) = entries.last_mut() {
-            entry.push(' ');
-            entry.push_str(line);
-        }
-    }
-    for (flag, env, default) in settings {
-        let entry = entries
-            .iter()
-            .find(|e| e.starts_with(&format!("{flag} ")) || e.as_str() == *flag)
-            .unwrap_or_else(|| panic!("--help does not list {flag}:\n{help}"));
-        assert!(
-            entry.contains(&format!("[env: {env}=")),
-            "{flag} lacks its variable {env}: {entry}"
-        );
-        if let Some(default) = default {
-            assert!(
-                entry.contains(&format!("[default: {default}]")),
-                "{flag} lacks its default {default}: {entry}"
-            );
-        }
-    }
-    for subcommand in ["run", "status", "requeue"] {
+    for subcommand in ["run", "status", "requeue", "dead", "healthcheck"] {
         assert!(help.contains(subcommand), "--help lists {subcommand}");
     }
     assert!(
@@ -170,7 +136,8 @@ async fn a_relay_killed_between_ack_and_delete_publishes_the_rows_again_with_the
 
     let relay = env.spawn_relay(&[]).await;
     env.wait_until_drained(Duration::from_secs(20)).await;
-    let messages = env.wait_for_messages(60, Duration::from_secs(20)).await;
+    // Drained: every copy was acknowledged, so the whole topic is below its high watermarks.
+    let messages = env.read_topic().await;
     assert_eq!(messages.len(), 60, "every row published again");
     let mut copies: HashMap<Uuid, usize> = HashMap::new();
     for message in &messages {
@@ -181,9 +148,7 @@ async fn a_relay_killed_between_ack_and_delete_publishes_the_rows_again_with_the
         copies.values().all(|&n| n == 2),
         "each ce_id twice: {copies:?}"
     );
-    for (key, seqs) in first_seen_order(&messages) {
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{key}: {seqs:?}");
-    }
+    assert_each_key_in_order(&messages);
     relay.stop().await;
 }
 

@@ -1,12 +1,13 @@
 use std::{
     collections::{HashMap, HashSet},
+    future::Future,
     time::{Duration, Instant},
 };
 
-use outbox_relay::claim::{self, LANE_LOCK_NAMESPACE};
+use outbox_relay::outbox::{claim, LANE_LOCK_NAMESPACE};
 use uuid::Uuid;
 
-use crate::helpers::{first_seen_order, round_robin, RunningRelay, TestEnv};
+use crate::helpers::{assert_each_key_in_order, event_ids, round_robin, RunningRelay, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_is_published_with_its_cloud_event_headers_and_then_deleted() {
@@ -14,7 +15,8 @@ async fn a_row_is_published_with_its_cloud_event_headers_and_then_deleted() {
     let ids = env.insert(&[("CATALOG-0001".into(), 1)]).await;
     let relay = env.spawn_relay(&[]).await;
 
-    let messages = env.wait_for_messages(1, Duration::from_secs(20)).await;
+    env.wait_until_drained(Duration::from_secs(20)).await;
+    let messages = env.read_topic().await;
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].ce_id, ids[0]);
     assert_eq!(messages[0].key, "CATALOG-0001");
@@ -22,7 +24,6 @@ async fn a_row_is_published_with_its_cloud_event_headers_and_then_deleted() {
         messages[0].traceparent.as_deref(),
         Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
     );
-    env.wait_until_drained(Duration::from_secs(10)).await;
     relay.stop().await;
 }
 
@@ -44,20 +45,15 @@ async fn three_relays_drain_ten_thousand_rows_over_a_hundred_keys_once_each_in_k
         "three relays drained 10,000 rows in {:?}",
         started.elapsed()
     );
-    let messages = env.wait_for_messages(10_000, Duration::from_secs(30)).await;
+    // Drained: every row was acknowledged, so the whole topic is below its high watermarks.
+    let messages = env.read_topic().await;
 
     assert_eq!(messages.len(), 10_000, "no event may be published twice");
-    let published: HashSet<Uuid> = messages.iter().map(|m| m.ce_id).collect();
+    let published = event_ids(&messages);
     assert_eq!(published.len(), 10_000, "an event id was published twice");
     assert_eq!(published, inserted, "every event arrives");
-    let by_key = first_seen_order(&messages);
+    let by_key = assert_each_key_in_order(&messages);
     assert_eq!(by_key.len(), 100);
-    for (key, seqs) in &by_key {
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "key {key} arrived out of order: {seqs:?}"
-        );
-    }
     let mut shares = Vec::new();
     for relay in &relays {
         shares.push(relay.metric("outbox_relay_published_total").await);
@@ -97,13 +93,13 @@ async fn a_row_committed_after_a_later_row_was_published_is_still_published() {
     );
     late.commit().await.unwrap();
 
-    let both = env.wait_for_messages(2, Duration::from_secs(20)).await;
+    env.wait_until_drained(Duration::from_secs(20)).await;
+    let both = env.read_topic().await;
     assert_eq!(both.len(), 2);
     assert_eq!(
         both[1].ce_id, late_id[0],
         "the late-committed row is published"
     );
-    env.wait_until_drained(Duration::from_secs(10)).await;
     relay.stop().await;
 }
 
@@ -123,12 +119,7 @@ async fn a_step_skips_a_lane_whose_lock_another_transaction_holds() {
     let mut other = None;
     for i in 0..1_000 {
         let key = format!("other-{i}");
-        let lane: i32 = sqlx::query_scalar("select (hashtext($1) & 63)::int")
-            .bind(&key)
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-        if lane != alpha_lane {
+        if lane_of(&env, &key).await != alpha_lane {
             other = Some(key);
             break;
         }
@@ -147,13 +138,7 @@ async fn a_step_skips_a_lane_whose_lock_another_transaction_holds() {
     assert!(locked);
     let outcome = relay.publish_batch().await.unwrap();
     assert_eq!(outcome.published, 1, "only the free lane is published");
-    let left: Vec<String> = env
-        .rows()
-        .await
-        .into_iter()
-        .map(|r| r.partition_key)
-        .collect();
-    assert_eq!(left, vec!["alpha", "alpha"]);
+    assert_eq!(env.keys_left().await, vec!["alpha", "alpha"]);
 
     holder.rollback().await.unwrap();
     let outcome = relay.publish_batch().await.unwrap();
@@ -219,56 +204,61 @@ async fn a_step_holds_only_the_lane_locks_it_uses_so_other_relays_get_the_rest()
     }
 }
 
+/// The lane of `key`, as the `outbox.lane` column computes it.
 async fn lane_of(env: &TestEnv, key: &str) -> i32 {
-    sqlx::query_scalar("select (hashtext($1) & 63)::int")
+    sqlx::query_scalar("select (hashtext($1) & ($2 - 1))::int")
         .bind(key)
+        .bind(outbox_core::db::OUTBOX_LANES)
         .fetch_one(&env.pool)
         .await
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_relay_publishes_a_new_row_within_a_second_without_a_notification() {
-    let env = TestEnv::new(1).await;
-    let relay = env.spawn_relay(&[]).await;
+/// A relay (with `flags`) that published a warm-up row and has since idled until it waits at
+/// least `idle_wait_secs` between polls.
+async fn idle_relay(env: &TestEnv, flags: &[&str], idle_wait_secs: f64) -> RunningRelay {
+    let relay = env.spawn_relay(flags).await;
     env.insert(&[("warm-up".into(), 0)]).await;
     env.wait_until_drained(Duration::from_secs(20)).await;
-    relay.wait_until_idle_wait_reaches(0.5).await;
-
-    let started = Instant::now();
-    env.insert(&[("single".into(), 1)]).await;
-    env.wait_until_drained(Duration::from_secs(5)).await;
-    let elapsed = started.elapsed();
-    assert!(
-        elapsed < Duration::from_secs(1),
-        "picked up after {elapsed:?}"
-    );
-    relay.stop().await;
+    relay.wait_until_idle_wait_reaches(idle_wait_secs).await;
+    relay
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_notification_wakes_a_relay_deep_in_a_long_idle_wait() {
-    let env = TestEnv::new(1).await;
-    let relay = env.spawn_relay(&["--idle-poll-max-ms", "60000"]).await;
-    env.insert(&[("warm-up".into(), 0)]).await;
-    env.wait_until_drained(Duration::from_secs(20)).await;
-    // Once the idle wait is past 2 s, only the notification can explain a pick-up within a
-    // second.
-    relay.wait_until_idle_wait_reaches(2.0).await;
-
+/// Inserts one row, runs `then`, and asserts the row is published within a second.
+async fn assert_one_row_is_picked_up_within_a_second(env: &TestEnv, then: impl Future) {
     let started = Instant::now();
     env.insert(&[("single".into(), 1)]).await;
-    sqlx::query("select pg_notify($1, '')")
-        .bind(outbox_core::db::OUTBOX_WAKEUP_CHANNEL)
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    then.await;
     env.wait_until_drained(Duration::from_secs(10)).await;
     let elapsed = started.elapsed();
     assert!(
         elapsed < Duration::from_secs(1),
         "picked up after {elapsed:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_relay_publishes_a_new_row_within_a_second_without_a_notification() {
+    let env = TestEnv::new(1).await;
+    let relay = idle_relay(&env, &[], 0.5).await;
+    assert_one_row_is_picked_up_within_a_second(&env, async {}).await;
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_wakes_a_relay_deep_in_a_long_idle_wait() {
+    let env = TestEnv::new(1).await;
+    // Once the idle wait is past 2 s, only the notification can explain a pick-up within a
+    // second.
+    let relay = idle_relay(&env, &["--idle-poll-max-ms", "60000"], 2.0).await;
+    let notify = async {
+        sqlx::query("select pg_notify($1, '')")
+            .bind(outbox_core::db::OUTBOX_WAKEUP_CHANNEL)
+            .execute(&env.pool)
+            .await
+            .unwrap();
+    };
+    assert_one_row_is_picked_up_within_a_second(&env, notify).await;
     relay.stop().await;
 }
 

@@ -302,9 +302,9 @@ async fn rows_requeued_after_a_claim_began_still_go_before_the_later_rows_of_the
         .fetch_one(&mut *claim)
         .await
         .unwrap();
-    outbox_relay::admin::requeue(
+    outbox_relay::outbox::requeue::requeue(
         &env.pool,
-        outbox_relay::admin::Requeue::AllDead,
+        outbox_relay::outbox::Requeue::AllDead,
         Duration::from_secs(7 * 86_400),
         false,
     )
@@ -320,7 +320,7 @@ async fn rows_requeued_after_a_claim_began_still_go_before_the_later_rows_of_the
         requeued_at > claim_began,
         "the requeue is later than the claim's start"
     );
-    let claimed = outbox_relay::claim::claim_rows(&mut claim, &[lane], &[], 100)
+    let claimed = outbox_relay::outbox::claim::claim_rows(&mut claim, &[lane], &[], 100)
         .await
         .unwrap();
 

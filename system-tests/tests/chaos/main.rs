@@ -209,21 +209,6 @@ fn with_application_name(url: &str, name: &str) -> String {
     format!("{url}{separator}application_name={name}")
 }
 
-async fn seed_products(catalog: &PgPool) {
-    for product in PRODUCTS {
-        sqlx::query(
-            "insert into products (product_id, product_name, stock, unit_price)
-             values ($1, $2, $3, 1500)",
-        )
-        .bind(product)
-        .bind(format!("Product {product}"))
-        .bind(INITIAL_STOCK)
-        .execute(catalog)
-        .await
-        .expect("seed a product");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_load_crashes_and_pauses_every_accepted_order_changes_stock_once_and_in_order() {
     let test_started = Instant::now();
@@ -239,7 +224,9 @@ async fn under_load_crashes_and_pauses_every_accepted_order_changes_stock_once_a
     let (catalog_url, catalog_pool) = testkit::fresh_database(&CATALOG_MIGRATOR)
         .await
         .expect("fresh catalog database");
-    seed_products(&catalog_pool).await;
+    testkit::seed_products(&catalog_pool, &PRODUCTS.map(|p| (p, INITIAL_STOCK)))
+        .await
+        .expect("seed the products");
     let broker = Broker::start(&binaries.nisshi, &dir).await;
     let brokers = broker.address.clone();
     testkit::create_topic(&brokers, TOPIC, PARTITIONS)
@@ -409,7 +396,7 @@ async fn under_load_crashes_and_pauses_every_accepted_order_changes_stock_once_a
 
     // (3) Every accepted order's event was applied exactly once, and nothing else was.
     let processed: Vec<(Uuid, i64, String)> = sqlx::query_as(
-        "select order_id, count(*), string_agg(outcome, ',') from processed_events group by order_id",
+        "select order_id, count(*), string_agg(outcome::text, ',') from processed_events group by order_id",
     )
     .fetch_all(&catalog_pool)
     .await

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use system_tests::{nisshi, workspace_binary};
+use system_tests::{nisshi, service_binary};
 use testkit::eventually;
 
 /// How long a (re)started process may take to answer.
@@ -30,9 +30,9 @@ impl Binaries {
     /// `cargo build` would wait on the lock of the `cargo test` that runs us.
     pub fn locate() -> Self {
         Self {
-            order_api: workspace_binary("order-api"),
-            outbox_relay: workspace_binary("outbox-relay"),
-            catalog_consumer: workspace_binary("catalog-consumer"),
+            order_api: service_binary("order-api"),
+            outbox_relay: service_binary("outbox-relay"),
+            catalog_consumer: service_binary("catalog-consumer"),
             nisshi: nisshi(),
         }
     }

@@ -1,4 +1,4 @@
-//! Attempt bookkeeping for messages the broker refused.
+//! Failures about one message: attempts with backoff, dead rows, and the rows parked behind them.
 //!
 //! Guarantees kept here:
 //! - Only a failure about the message itself counts an attempt; it sets `last_error` and
@@ -14,8 +14,9 @@
 use std::time::Duration;
 
 use backoff::{backoff::Backoff, ExponentialBackoff, ExponentialBackoffBuilder};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
+use super::LANE_LOCK_NAMESPACE;
 use crate::Settings;
 
 /// When a refused message is tried again, and how often.
@@ -139,18 +140,44 @@ pub async fn record_failures(
     Ok(recorded)
 }
 
-/// Parks the pending rows of `lanes` that arrived behind a dead or parked row of their key;
-/// returns how many. The caller holds the lanes' locks (so no requeue or claim of those lanes
-/// runs meanwhile). Reads the blocking-rows index, then only the blocked keys' lanes.
-pub async fn park_held(conn: &mut PgConnection, lanes: &[i32]) -> Result<u64, sqlx::Error> {
+/// Parks the pending rows that arrived behind a dead or parked row of their key, in the lanes of
+/// dead keys that no step holds now; returns how many. Its own short transaction.
+pub async fn park_held(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let lanes = lock_lanes_with_blockers(&mut tx).await?;
+    let parked = park_held_in(&mut tx, &lanes).await?;
+    tx.commit().await?;
+    Ok(parked)
+}
+
+/// Of the lanes with a dead or parked row (read from the small blocking-rows index), locks
+/// without waiting those no other transaction holds; returns them. None in the common case of
+/// no dead row, and then no lock is taken at all.
+async fn lock_lanes_with_blockers(conn: &mut PgConnection) -> Result<Vec<i32>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"with blocked as materialized (
+             select distinct lane::int as lane from outbox_blocking
+              where state in ('dead', 'parked')
+         )
+         select lane as "lane!" from blocked where pg_try_advisory_xact_lock($1, lane)"#,
+        LANE_LOCK_NAMESPACE
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Parks the pending rows of `lanes` that arrived behind a dead or parked row of their key. The
+/// caller holds the lanes' locks (so no requeue or claim of those lanes runs meanwhile). Reads
+/// the blocking-rows index, then only the blocked keys' lanes.
+async fn park_held_in(conn: &mut PgConnection, lanes: &[i32]) -> Result<u64, sqlx::Error> {
     if lanes.is_empty() {
         return Ok(0);
     }
     let parked = sqlx::query!(
         "with blockers as materialized (
              select partition_key, lane, min(id) as first_id
-               from outbox
-              where state in ('dead', 'parked') and (state <> 'pending' or attempts > 0)
+               from outbox_blocking
+              where state in ('dead', 'parked')
                 and lane = any($1::int[])
               group by partition_key, lane
          )

@@ -1,20 +1,20 @@
-//! Claiming rows to publish.
+//! Lane locks, claiming rows to publish, and deleting them once published.
 //!
 //! Guarantees kept here:
 //! - Rows are read by their state (`pending` and due), never by "id greater than the last one
 //!   seen", so a transaction that commits late with a lower id is still published.
-//! - Per-key order with several relays: every row of a key is in one lane (`hashtext(key) & 63`,
-//!   a generated column), and a relay claims a lane's rows only while its transaction holds the
-//!   lane's `pg_try_advisory_xact_lock`; within the lanes it holds it takes rows in id order.
+//! - Per-key order with several relays: every row of a key is in one lane (the generated
+//!   column `lane`, `hashtext(key)` masked by [`OUTBOX_LANES`]), and a relay claims a lane's rows
+//!   only while its transaction holds the lane's `pg_try_advisory_xact_lock`; within the lanes
+//!   it holds it takes rows in id order.
 //! - Per-key order under retries: a row is never claimed while an earlier row of its key is dead,
-//!   parked, or waiting for a retry that is not due yet.
+//!   parked, or waiting for a retry that is not due yet (`outbox_blocking`).
+//! - A row is deleted only once its publication was acknowledged ([`delete_published`]).
 
 use chrono::{DateTime, Utc};
-use outbox_core::event::CloudEvent;
+use outbox_core::{db::OUTBOX_LANES, event::CloudEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
-
-pub use outbox_core::db::OUTBOX_LANES as LANES;
 
 /// First key of the two-key advisory locks on lanes ("obrx"), so they cannot collide with other
 /// users of advisory locks in the database.
@@ -87,7 +87,7 @@ pub async fn lock_lanes(conn: &mut PgConnection, max_lanes: i64) -> Result<Vec<i
           where pg_try_advisory_xact_lock($1, lane)
           limit $3"#,
         LANE_LOCK_NAMESPACE,
-        LANES,
+        OUTBOX_LANES,
         max_lanes
     )
     .fetch_all(conn)
@@ -111,22 +111,6 @@ pub async fn wait_for_lanes(conn: &mut PgConnection, lanes: &[i32]) -> Result<()
     Ok(())
 }
 
-/// Of the lanes with a dead or parked row (read from the small blocking-rows index), locks
-/// without waiting those no other transaction holds; returns them. None in the common case of
-/// no dead row, and then no lock is taken at all.
-pub async fn lock_lanes_with_blockers(conn: &mut PgConnection) -> Result<Vec<i32>, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"with blocked as materialized (
-             select distinct lane::int as lane from outbox
-              where state in ('dead', 'parked') and (state <> 'pending' or attempts > 0)
-         )
-         select lane as "lane!" from blocked where pg_try_advisory_xact_lock($1, lane)"#,
-        LANE_LOCK_NAMESPACE
-    )
-    .fetch_all(conn)
-    .await
-}
-
 /// The due pending rows of `lanes` in id order, up to `limit`, leaving out every row that has an
 /// earlier row of its key that is dead, parked, or retrying and not due yet, and every row of
 /// `held_keys` (keys this relay holds back: a delivery still unresolved, or their partition
@@ -144,8 +128,7 @@ pub async fn claim_rows(
     // key, which would then be published ahead of it. Every visible row with no attempts was
     // committed before the snapshot, so against the clock it is always due.
     //
-    // The first condition on `b` repeats the predicate of `outbox_blocking_key_id_idx`, so the
-    // check is a probe of that small index.
+    // `outbox_blocking` is inlined by the planner: the check is a probe of its small index.
     sqlx::query_as!(
         ClaimedRow,
         r#"with clock as materialized (select clock_timestamp() as at)
@@ -158,10 +141,9 @@ pub async fn claim_rows(
             and o.next_attempt_at <= clock.at
             and o.partition_key <> all($3::text[])
             and not exists (
-                select 1 from outbox b
+                select 1 from outbox_blocking b
                  where b.partition_key = o.partition_key
                    and b.id < o.id
-                   and (b.state <> 'pending' or b.attempts > 0)
                    and (b.state <> 'pending' or b.next_attempt_at > clock.at))
           order by o.id
           limit $2"#,

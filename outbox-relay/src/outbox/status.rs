@@ -1,0 +1,87 @@
+//! What the outbox holds, by what will happen to each row: the counts `status` prints (and the
+//! relay's gauges show), and the dead rows `dead` lists.
+//!
+//! Guarantee kept here: bounded work whatever the table holds, so an operator's `status` or a
+//! relay's gauge refresh never scans a large backlog: the pending count reads the pending-rows
+//! index, dead and parked rows the small blocking-rows index (`outbox_blocking`), held rows only
+//! the lanes of dead keys, and the oldest age one probe per lane (see
+//! [`outbox_core::db::oldest_pending_age_seconds`]).
+
+use serde::Serialize;
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+/// What `outbox-relay status` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Status {
+    /// Rows waiting to be published (including those waiting for a retry).
+    pub pending: i64,
+    /// Rows that failed their maximum attempts.
+    pub dead: i64,
+    /// Rows held behind a dead or parked row of their key (parked, or pending but arrived after
+    /// their key was parked and not yet parked by the relay).
+    pub parked: i64,
+    /// Age of the oldest pending row, 0 when there is none.
+    pub oldest_pending_age_seconds: f64,
+}
+
+/// Counts the outbox rows by what will happen to them.
+pub async fn status(pool: &PgPool) -> Result<Status, sqlx::Error> {
+    let counts = sqlx::query!(
+        r#"with blockers as materialized (
+             -- The first dead or parked row of each key: every later row of the key is held.
+             select partition_key, lane, min(id) as first_id
+               from outbox_blocking
+              where state in ('dead', 'parked')
+              group by partition_key, lane
+         )
+         select (select count(*) from outbox where state = 'pending') as "pending!",
+                (select count(*) from outbox_blocking where state = 'dead') as "dead!",
+                (select count(*) from outbox_blocking where state = 'parked') as "parked!",
+                (select count(*) from blockers b
+                   join outbox o on o.lane = b.lane and o.state = 'pending'
+                                and o.id > b.first_id and o.partition_key = b.partition_key)
+                    as "held!""#
+    )
+    .fetch_one(pool)
+    .await?;
+    let oldest_pending_age_seconds = outbox_core::db::oldest_pending_age_seconds(pool).await?;
+    Ok(Status {
+        pending: counts.pending - counts.held,
+        dead: counts.dead,
+        parked: counts.parked + counts.held,
+        oldest_pending_age_seconds,
+    })
+}
+
+/// One dead row, as `outbox-relay dead` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadRow {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub partition_key: String,
+    pub attempts: i32,
+    pub age_seconds: f64,
+    pub last_error: Option<String>,
+}
+
+/// The oldest `limit` dead rows, oldest first.
+pub async fn dead_rows<'e>(
+    executor: impl PgExecutor<'e>,
+    limit: i64,
+) -> Result<Vec<DeadRow>, sqlx::Error> {
+    sqlx::query_as!(
+        DeadRow,
+        r#"select id as "id!", event_id as "event_id!", partition_key as "partition_key!",
+                  attempts as "attempts!",
+                  extract(epoch from now() - created_at)::float8 as "age_seconds!",
+                  last_error
+             from outbox_blocking
+            where state = 'dead'
+            order by id
+            limit $1"#,
+        limit
+    )
+    .fetch_all(executor)
+    .await
+}

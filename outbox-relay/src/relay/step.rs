@@ -1,0 +1,223 @@
+//! One step: claim due rows of free lanes, publish them pipelined, delete the acknowledged ones
+//! and count attempts for refused ones, all in one short transaction.
+//!
+//! Guarantees kept here:
+//! - No transaction stays open across a long broker wait: the claim transaction lives for one
+//!   batch, bounded by `DELIVERY_TIMEOUT_SECS`, and the server ends it if this process stalls.
+//! - A broker or database outage counts no attempt: the step ends with a [`RelayError`] and its
+//!   rows stay pending; only a failure about one message is recorded against it.
+//! - Rows of keys this relay holds back (see `held`) are not claimed, and rows of keys whose
+//!   partition is unavailable are not sent, so no later row of a key overtakes an earlier one.
+
+use std::time::Duration;
+
+use outbox_core::kafka::FailureKind;
+use sqlx::{PgConnection, PgTransaction};
+
+use super::Inner;
+use crate::{
+    outbox::{claim, failures, ClaimedRow, Recorded},
+    publish::{self, Settlement},
+};
+
+/// Why a step did not complete normally. Every variant is transient: it counts no attempt
+/// against any message, and the loop retries after the dependency answers again.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The database refused or lost the claim transaction; nothing of it was committed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Some deliveries failed for a reason about the broker, or had no report in time. The rows
+    /// acknowledged before were deleted; the others stay pending with no attempt counted.
+    #[error("broker unavailable ({published} rows published in this step): {reason}")]
+    BrokerUnavailable { published: u64, reason: String },
+}
+
+/// What one step did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Lanes locked for the step.
+    pub lanes: usize,
+    /// Rows claimed.
+    pub claimed: usize,
+    /// Rows acknowledged and deleted.
+    pub published: u64,
+    /// Attempts counted against refused messages.
+    pub attempts: u64,
+    /// Rows that became dead.
+    pub dead: u64,
+    /// Rows parked behind them.
+    pub parked: u64,
+}
+
+impl Inner {
+    #[tracing::instrument(
+        name = "publish_batch",
+        skip_all,
+        fields(claimed = tracing::field::Empty, published = tracing::field::Empty)
+    )]
+    pub(super) async fn publish_batch(&self) -> Result<BatchOutcome, RelayError> {
+        let mut tx = self.begin_step().await?;
+        let max_lanes = i64::from(self.settings.max_lanes_per_batch.max(1));
+        let lanes = claim::lock_lanes(&mut tx, max_lanes).await?;
+        tracing::debug!(?lanes, "lanes locked");
+        // After the lanes are locked: a step that held a key commits (and frees its lane) only
+        // after recording it, so a lock taken now sees every key held for it.
+        let held = self.held.resolve(&self.partitions);
+        self.metrics.held_keys.set(held.keys.len() as i64);
+        // Deleted before the claim, so this step cannot claim them again.
+        let resolved = claim::delete_published(&mut tx, &held.acked).await?;
+        let rows = self.claim(&mut tx, &lanes, &held.keys).await?;
+        let span = tracing::Span::current();
+        span.record("claimed", rows.len());
+        let mut outcome = BatchOutcome {
+            lanes: lanes.len(),
+            claimed: rows.len(),
+            published: resolved,
+            ..BatchOutcome::default()
+        };
+        if rows.is_empty() {
+            tx.commit().await?;
+            self.metrics.published.inc_by(outcome.published);
+            return Ok(outcome);
+        }
+
+        let settlement = self.send(&rows).await;
+        #[cfg(feature = "test-hooks")]
+        self.hang_after_ack_if_asked(&settlement).await;
+        outcome.published += claim::delete_published(&mut tx, &settlement.published).await?;
+        let recorded = failures::record_failures(&mut tx, &self.retry, &settlement.failed).await?;
+        tx.commit().await?;
+        span.record("published", outcome.published);
+        self.observe(&settlement, outcome.published, &recorded);
+        conclude(outcome, settlement, recorded)
+    }
+
+    /// The step's transaction. Both settings last for it only, and cost one round trip:
+    /// - synchronous_commit off: a commit lost in a server crash only loses deletes of
+    ///   published rows, which are then published again; at-least-once already allows that,
+    ///   and the consumer deduplicates.
+    /// - idle_in_transaction_session_timeout: if this process stalls or its host vanishes
+    ///   mid-batch, the server ends the session instead of keeping its lane locks (and the
+    ///   vacuum horizon) until TCP gives up.
+    async fn begin_step(&self) -> Result<PgTransaction<'static>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let idle_limit = self.settings.delivery_timeout() + Duration::from_secs(30);
+        sqlx::query!(
+            "select set_config('synchronous_commit', 'off', true) as synchronous_commit,
+                    set_config('idle_in_transaction_session_timeout', $1, true) as idle_timeout",
+            format!("{}ms", idle_limit.as_millis())
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(tx)
+    }
+
+    /// Claims up to a batch of the locked lanes' due rows, leaving out the held keys.
+    async fn claim(
+        &self,
+        conn: &mut PgConnection,
+        lanes: &[i32],
+        held_keys: &[String],
+    ) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+        if lanes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let limit = i64::from(self.settings.batch_size.max(1));
+        let rows = claim::claim_rows(conn, lanes, held_keys, limit).await?;
+        if !rows.is_empty() {
+            self.metrics.batch_size.observe(rows.len() as f64);
+        }
+        Ok(rows)
+    }
+
+    /// Publishes `rows` (except those of keys whose partition is unavailable) and settles their
+    /// deliveries; what they say about partitions and unresolved keys is noted for later steps.
+    async fn send(&self, rows: &[ClaimedRow]) -> Settlement {
+        let unknown = self
+            .partitions
+            .unknown(rows.iter().map(|r| r.topic.as_str()));
+        if !unknown.is_empty() {
+            self.refresh_partitions(unknown).await;
+        }
+        let waiting = self.held.hold_unavailable(&self.partitions, rows);
+        let deadline = tokio::time::Instant::now() + self.settings.delivery_timeout();
+        let sendable = |row: &ClaimedRow| !waiting.contains(row.partition_key.as_str());
+        let sent = publish::publish(&self.producer(), rows, sendable, deadline).await;
+        let settlement = publish::settle(rows, &sent.deliveries);
+        self.note_partitions(rows, &sent.deliveries, &settlement.troubled);
+        self.held.hold_unresolved(rows, sent.unresolved);
+        settlement
+    }
+
+    /// After the commit: what the step published, how long each row took from its commit to
+    /// its ack, and what failed.
+    fn observe(&self, settlement: &Settlement, published: u64, recorded: &Recorded) {
+        self.metrics.published.inc_by(published);
+        for latency in &settlement.latencies {
+            self.metrics.commit_to_ack.observe(*latency);
+        }
+        for failure in &settlement.failures {
+            let kind = match failure.kind {
+                FailureKind::Permanent => "permanent",
+                FailureKind::Transient => "transient",
+            };
+            self.metrics
+                .publish_failures
+                .with_label_values(&[kind, &failure.reason])
+                .inc();
+        }
+        self.metrics.retries.inc_by(recorded.attempts);
+        self.metrics.dead_lettered.inc_by(recorded.dead);
+    }
+
+    /// Test hook (`--test-hang-after-ack`): hangs once a batch was acknowledged, before its rows
+    /// are deleted, so a test can kill the process between the ack and the delete.
+    #[cfg(feature = "test-hooks")]
+    async fn hang_after_ack_if_asked(&self, settlement: &Settlement) {
+        if self.settings.test_hang_after_ack && !settlement.published.is_empty() {
+            tracing::warn!(
+                acked = settlement.published.len(),
+                "test hook: delivery acknowledged, hanging before the delete"
+            );
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The step's outcome, or the broker outage that should pause the loop.
+fn conclude(
+    outcome: BatchOutcome,
+    settlement: Settlement,
+    recorded: Recorded,
+) -> Result<BatchOutcome, RelayError> {
+    if recorded.attempts > 0 {
+        tracing::warn!(
+            attempts = recorded.attempts,
+            dead = recorded.dead,
+            parked = recorded.parked,
+            error = %settlement.failed[0].2,
+            "the broker refused messages; attempts counted"
+        );
+    }
+    if let Some(reason) = settlement.transient {
+        // Nothing acknowledged at all: the broker, not a partition, is in trouble.
+        if !settlement.any_acked {
+            return Err(RelayError::BrokerUnavailable {
+                published: outcome.published,
+                reason,
+            });
+        }
+        tracing::warn!(
+            rows = settlement.troubled.len(),
+            %reason,
+            "some partitions did not take their messages; their keys wait, the others flow"
+        );
+    }
+    Ok(BatchOutcome {
+        attempts: recorded.attempts,
+        dead: recorded.dead,
+        parked: recorded.parked,
+        ..outcome
+    })
+}

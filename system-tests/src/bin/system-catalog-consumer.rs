@@ -1,0 +1,6 @@
+//! catalog-consumer as the system tests run it: its own `main`, built by cargo for this crate's tests.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<std::process::ExitCode> {
+    catalog_consumer::main().await
+}

@@ -1,0 +1,6 @@
+//! outbox-relay as the system tests run it: its own `main`, built by cargo for this crate's tests.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<std::process::ExitCode> {
+    outbox_relay::main().await
+}
