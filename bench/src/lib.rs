@@ -70,6 +70,8 @@ impl RowName {
     }
 }
 
+const DEFAULT_PG_ADMIN_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
+
 /// The command line. Sizes left unset take the full-run defaults, or tiny ones with `--smoke`.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -89,11 +91,7 @@ pub struct Args {
     #[arg(long)]
     pub peer: bool,
     /// PostgreSQL admin URL; databases outbox_bench_* are created beside it and dropped again.
-    #[arg(
-        long,
-        env = "PG_ADMIN_URL",
-        default_value = "postgres://postgres:postgres@127.0.0.1:5432/postgres"
-    )]
+    #[arg(long, env = "PG_ADMIN_URL", default_value = DEFAULT_PG_ADMIN_URL)]
     pub database_url: String,
     /// Kafka bootstrap brokers.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]

@@ -310,11 +310,9 @@ impl Consumer {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
-        let stop_pruning = CancellationToken::new();
-        let pruning = self.pruner.spawn(self.pool, stop_pruning.clone());
+        let pruning = self.pruner.spawn(self.pool);
         let consumed = self.consume.run(shutdown).await;
-        stop_pruning.cancel();
-        let _ = pruning.await;
+        pruning.stop().await;
         handle.stop(true).await;
         let served = server.await;
         tracing::info!("catalog-consumer stopped");

@@ -58,6 +58,8 @@ pub enum Command {
 /// The default HTTP_ADDR of `run`.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/orders";
+
 /// order-api settings: flags, each with an environment variable behind it (also a parser of
 /// its own, for tests).
 #[derive(Debug, Clone, clap::Parser)]
@@ -67,11 +69,7 @@ pub struct Settings {
     #[arg(long, env = "HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: String,
     /// PostgreSQL URL of the orders database.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres:postgres@127.0.0.1:5432/orders"
-    )]
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
     #[command(flatten)]
     pub pool: PoolSettings,
@@ -219,16 +217,14 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then lets requests in flight finish.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let handle = self.server.handle();
-        let stop_pruning = CancellationToken::new();
-        let pruning = self.pruner.spawn(self.pool, stop_pruning.clone());
+        let pruning = self.pruner.spawn(self.pool);
         let stopper = tokio::spawn(async move {
             shutdown.cancelled().await;
             handle.stop(true).await;
         });
         let result = self.server.await;
         stopper.abort();
-        stop_pruning.cancel();
-        let _ = pruning.await;
+        pruning.stop().await;
         self.wakeup_task.abort();
         if let Some(task) = self.lag_task {
             task.abort();

@@ -11,12 +11,12 @@ macro_rules! service_cli {
         /// The command line: `run` (the default when no subcommand is given) or a subcommand.
         #[derive(Debug, Clone, clap::Parser)]
         #[command(
-                                    name = $name,
-                                    version,
-                                    about = $about,
-                                    long_about = None,
-                                    args_conflicts_with_subcommands = true
-                                )]
+                                            name = $name,
+                                            version,
+                                            about = $about,
+                                            long_about = None,
+                                            args_conflicts_with_subcommands = true
+                                        )]
         pub struct Cli {
             #[command(subcommand)]
             pub command: Option<Command>,

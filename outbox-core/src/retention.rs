@@ -84,10 +84,19 @@ impl Pruner {
         }
     }
 
-    /// Prunes every `interval` until `stop` is cancelled. A failed round (database unavailable)
+    /// Prunes every `interval` until [`Pruning::stop`]. A failed round (database unavailable)
     /// is logged and tried again at the next interval.
-    pub fn spawn(self, pool: PgPool, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
+    pub fn spawn(self, pool: PgPool) -> Pruning {
+        let stop = CancellationToken::new();
+        let task = self.run(pool, stop.clone());
+        Pruning {
+            stop,
+            task: tokio::spawn(task),
+        }
+    }
+
+    async fn run(self, pool: PgPool, stop: CancellationToken) {
+        {
             let mut ticker = tokio::time::interval(self.interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -114,7 +123,21 @@ impl Pruner {
                     ),
                 }
             }
-        })
+        }
+    }
+}
+
+/// A running [`Pruner`].
+pub struct Pruning {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Pruning {
+    /// Stops pruning; a round in progress is abandoned (its transaction rolls back).
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
     }
 }
 

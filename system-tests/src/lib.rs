@@ -92,13 +92,9 @@ impl Stack {
         let (catalog_url, catalog) = testkit::fresh_database(&CATALOG_MIGRATOR)
             .await
             .expect("catalog database");
-        sqlx::query(
-            "insert into products (product_id, product_name, stock, unit_price)
-             values ('CATALOG-0001', 'Test product', 100, 1500)",
-        )
-        .execute(&catalog)
-        .await
-        .expect("seed the product");
+        testkit::seed_products(&catalog, &[("CATALOG-0001", 100)])
+            .await
+            .expect("seed the product");
         let group = format!("system-{}", uuid::Uuid::new_v4().simple());
         let address = || format!("127.0.0.1:{}", free_port());
         let (api, relay, consumer) = (address(), address(), address());

@@ -81,13 +81,9 @@ async fn events_of_concurrent_producers_on_one_partition_are_all_applied_despite
     let (catalog_url, pool) = testkit::fresh_database(&CATALOG_MIGRATOR)
         .await
         .expect("catalog database");
-    sqlx::query(
-        "insert into products (product_id, product_name, stock, unit_price)
-         values ('CATALOG-0001', 'Berlin', 100000000, 100)",
-    )
-    .execute(&pool)
-    .await
-    .expect("seed");
+    testkit::seed_products(&pool, &[("CATALOG-0001", 100_000_000)])
+        .await
+        .expect("seed");
 
     let port = free_port();
     let _consumer = testkit::process::spawn(
