@@ -19,6 +19,7 @@ use actix_web::{dev::Server, web};
 use anyhow::Context;
 use clap::Parser;
 use outbox_core::{
+    cli::run_service,
     db,
     ops::{self, Check, Ops, ServeSettings},
     retention::{self, Pruner},
@@ -70,11 +71,11 @@ pub enum Command {
 pub async fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().into_command() {
         Command::Run(settings) => {
-            let _telemetry = outbox_core::telemetry::init("catalog-consumer");
-            let shutdown = outbox_core::shutdown::on_signal();
-            let consumer = Consumer::build(*settings).await?;
-            consumer.run_until_stopped(shutdown).await?;
-            Ok(ExitCode::SUCCESS)
+            run_service("catalog-consumer", |shutdown| async move {
+                let consumer = Consumer::build(*settings).await?;
+                consumer.run_until_stopped(shutdown).await
+            })
+            .await
         }
         // No log output: stdout carries only the report.
         Command::Audit(args) => Ok(audit::print_report(&args).await),
@@ -271,14 +272,13 @@ impl Consumer {
             dlq = %settings.dlq_topic,
             "catalog-consumer listening"
         );
-        let pruner = Pruner {
-            table: "processed_events",
-            statement: PRUNE_PROCESSED_EVENTS,
-            retention: settings.processed_events_retention,
-            interval: settings.prune.interval(),
-            batch: settings.prune.prune_batch_size,
-            pruned: metrics.processed_events_pruned.clone(),
-        };
+        let pruner = Pruner::new(
+            "processed_events",
+            PRUNE_PROCESSED_EVENTS,
+            settings.processed_events_retention,
+            &settings.prune,
+            metrics.processed_events_pruned.clone(),
+        );
         let consume = consume::ConsumeLoop {
             consumer: Arc::new(consumer),
             applier: Applier::new(pool.clone(), dead_letters, metrics.clone()),

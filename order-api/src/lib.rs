@@ -14,6 +14,7 @@ use actix_web::{dev::Server, web};
 use anyhow::Context;
 use clap::Parser;
 use outbox_core::{
+    cli::run_service,
     db,
     ops::{self, Check, Ops, ServeSettings},
     retention::{self, Pruner},
@@ -30,11 +31,11 @@ pub use metrics::Metrics;
 pub async fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().into_command() {
         Command::Run(settings) => {
-            let _telemetry = outbox_core::telemetry::init("order-api");
-            let shutdown = outbox_core::shutdown::on_signal();
-            let app = Application::build(*settings).await?;
-            app.run_until_stopped(shutdown).await?;
-            Ok(ExitCode::SUCCESS)
+            run_service("order-api", |shutdown| async move {
+                let app = Application::build(*settings).await?;
+                app.run_until_stopped(shutdown).await
+            })
+            .await
         }
         Command::Healthcheck(args) => Ok(ops::healthcheck(&args, DEFAULT_HTTP_ADDR)),
     }
@@ -168,14 +169,13 @@ impl Application {
             metrics.outbox_lag.clone(),
             metrics.outbox_lagging.clone(),
         );
-        let pruner = Pruner {
-            table: "idempotency_keys",
-            statement: PRUNE_IDEMPOTENCY_KEYS,
-            retention: settings.idempotency_key_retention,
-            interval: settings.prune.interval(),
-            batch: settings.prune.prune_batch_size,
-            pruned: metrics.idempotency_keys_pruned.clone(),
-        };
+        let pruner = Pruner::new(
+            "idempotency_keys",
+            PRUNE_IDEMPOTENCY_KEYS,
+            settings.idempotency_key_retention,
+            &settings.prune,
+            metrics.idempotency_keys_pruned.clone(),
+        );
         let state = web::Data::new(AppState {
             pool: pool.clone(),
             topic: settings.order_events_topic.clone(),

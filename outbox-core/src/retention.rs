@@ -65,6 +65,24 @@ pub struct Pruner {
 }
 
 impl Pruner {
+    /// `table`'s pruning by `statement` at the interval and batch size of `settings`.
+    pub fn new(
+        table: &'static str,
+        statement: &'static str,
+        retention: Duration,
+        settings: &crate::settings::PruneSettings,
+        pruned: IntCounter,
+    ) -> Self {
+        Self {
+            table,
+            statement,
+            retention,
+            interval: settings.interval(),
+            batch: settings.prune_batch_size,
+            pruned,
+        }
+    }
+
     /// One round: batches until a batch deletes fewer rows than its limit. Returns the rows
     /// deleted.
     pub async fn prune_once(&self, pool: &PgPool) -> Result<u64, sqlx::Error> {

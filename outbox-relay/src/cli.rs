@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use outbox_core::{db, settings::PoolSettings};
+use outbox_core::{cli::run_service, db, settings::PoolSettings};
 use sqlx::PgPool;
 
 use crate::{
@@ -16,12 +16,11 @@ use crate::{
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.into_command() {
         Command::Run(settings) => {
-            let _telemetry = outbox_core::telemetry::init("outbox-relay");
-            let shutdown = outbox_core::shutdown::on_signal();
-            Relay::build(*settings)
-                .await?
-                .run_until_stopped(shutdown)
-                .await?;
+            return run_service("outbox-relay", |shutdown| async move {
+                let relay = Relay::build(*settings).await?;
+                relay.run_until_stopped(shutdown).await
+            })
+            .await
         }
         Command::Status(admin) => print_status(&admin).await?,
         Command::Requeue(args) => print_requeue(&args).await?,
