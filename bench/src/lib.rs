@@ -150,7 +150,7 @@ pub struct Args {
     )]
     pub peer_source: PathBuf,
     /// relay row: rows per statement of the database's claim+delete ceiling (the relay's BATCH_SIZE).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 2_000)]
     pub claim_batch: u64,
     /// consumer row: events per statement of the set-based apply ceiling.
     #[arg(long, default_value_t = 1_000)]

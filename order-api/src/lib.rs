@@ -18,7 +18,7 @@ use outbox_core::{
     db,
     ops::{self, Check, Ops, ServeSettings},
     retention::{self, Pruner},
-    settings::{PoolSettings, PruneSettings},
+    settings::{OrdersDatabase, PruneSettings},
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -59,8 +59,6 @@ pub enum Command {
 /// The default HTTP_ADDR of `run`.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 
-const DEFAULT_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/orders";
-
 /// order-api settings: flags, each with an environment variable behind it (also a parser of
 /// its own, for tests).
 #[derive(Debug, Clone, clap::Parser)]
@@ -69,11 +67,8 @@ pub struct Settings {
     /// Address to serve HTTP on (port 0 picks a free port).
     #[arg(long, env = "HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: String,
-    /// PostgreSQL URL of the orders database.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
-    pub database_url: String,
     #[command(flatten)]
-    pub pool: PoolSettings,
+    pub database: OrdersDatabase,
     /// Kafka topic written into each outbox row (the relay publishes there).
     #[arg(long, env = "ORDER_EVENTS_TOPIC", default_value = "order-events", value_parser = kafka_topic)]
     pub order_events_topic: String,
@@ -147,8 +142,8 @@ impl Application {
     /// Connects to the database (applying migrations unless told not to) and binds the port.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = db::connect(
-            &settings.database_url,
-            &settings.pool,
+            &settings.database.database_url,
+            &settings.database.pool,
             "order-api",
             &db::ORDERS_MIGRATOR,
         )

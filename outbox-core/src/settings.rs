@@ -5,6 +5,20 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 
+/// The orders database's URL on a developer machine (`scripts/infra.sh up` creates it).
+pub const ORDERS_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/orders";
+
+/// The orders database, which order-api writes and outbox-relay reads: one database, so one
+/// definition of its setting.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OrdersDatabase {
+    /// PostgreSQL URL of the orders database.
+    #[arg(long, env = "DATABASE_URL", default_value = ORDERS_DATABASE_URL)]
+    pub database_url: String,
+    #[command(flatten)]
+    pub pool: PoolSettings,
+}
+
 /// How a service connects to and prepares its PostgreSQL database.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PoolSettings {

@@ -20,7 +20,7 @@ pub mod wakeup;
 use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
-use outbox_core::settings::{KafkaSettings, PoolSettings};
+use outbox_core::settings::{KafkaSettings, OrdersDatabase, ORDERS_DATABASE_URL};
 
 pub use relay::{BatchOutcome, Relay, RelayError};
 
@@ -29,8 +29,6 @@ pub use relay::{BatchOutcome, Relay, RelayError};
 pub async fn main() -> anyhow::Result<ExitCode> {
     cli::run(Cli::parse()).await
 }
-
-const DEFAULT_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/orders";
 
 outbox_core::service_cli!(
     name = "outbox-relay",
@@ -67,15 +65,12 @@ pub struct Settings {
     /// Address to serve /healthz, /readyz, /metrics and /status on (port 0 picks a free port).
     #[arg(long, env = "HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: String,
-    /// PostgreSQL URL of the orders database.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
-    pub database_url: String,
     #[command(flatten)]
-    pub pool: PoolSettings,
+    pub database: OrdersDatabase,
     #[command(flatten)]
     pub kafka: KafkaSettings,
     /// Most rows claimed and published in one step (one transaction).
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
     /// Most lanes (of 64) one step locks; lower values spread the work of several relays.
     #[arg(long, env = "MAX_LANES_PER_BATCH", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -166,7 +161,7 @@ impl Settings {
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminSettings {
     /// PostgreSQL URL of the orders database.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    #[arg(long, env = "DATABASE_URL", default_value = ORDERS_DATABASE_URL)]
     pub database_url: String,
 }
 

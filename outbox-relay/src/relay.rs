@@ -46,6 +46,7 @@ struct Inner {
     database: Check,
     partitions: Arc<PartitionHealth>,
     held: held::HeldKeys,
+    busy_lanes: step::BusyLanes,
 }
 
 impl Inner {
@@ -67,8 +68,8 @@ impl Relay {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.validate()?;
         let pool = db::connect(
-            &settings.database_url,
-            &settings.pool,
+            &settings.database.database_url,
+            &settings.database.pool,
             "outbox-relay",
             &db::ORDERS_MIGRATOR,
         )
@@ -107,6 +108,7 @@ impl Relay {
                 database,
                 partitions: Arc::new(PartitionHealth::default()),
                 held: held::HeldKeys::default(),
+                busy_lanes: step::BusyLanes::default(),
             }),
             port,
             server,

@@ -26,7 +26,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         .expect("fresh orders database");
     let mut settings = Settings::parse_from(["order-api"]);
     settings.http_addr = "127.0.0.1:0".into();
-    settings.database_url = database_url;
+    settings.database.database_url = database_url;
     settings.order_events_topic = TOPIC.into();
     settings.http_workers = Some(2);
     configure(&mut settings);

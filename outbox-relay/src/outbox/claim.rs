@@ -9,11 +9,14 @@
 //!   it holds it takes rows in id order.
 //! - Per-key order under retries: a row is never claimed while an earlier row of its key is dead,
 //!   parked, or waiting for a retry that is not due yet (`outbox_blocking`).
-//! - A row is deleted only once its publication was acknowledged ([`delete_published`]).
+//! - A row is deleted only once its publication was acknowledged: [`take_rows`] deletes the rows
+//!   it takes inside a savepoint, which the step keeps (commits) only when every one of them was
+//!   acknowledged, and otherwise rolls back before [`delete_published`] deletes the acknowledged
+//!   ones.
 
 use chrono::{DateTime, Utc};
 use outbox_core::{db::OUTBOX_LANES, event::CloudEvent};
-use sqlx::PgConnection;
+use sqlx::{Executor, PgConnection};
 use uuid::Uuid;
 
 /// First key of the two-key advisory locks on lanes ("obrx"), so they cannot collide with other
@@ -56,39 +59,49 @@ impl ClaimedRow {
 
 /// Locks up to `max_lanes` lanes that have due pending rows, for the rest of the transaction.
 /// Lanes another relay holds are skipped (never waited for); candidates are tried in random
-/// order so several relays spread over the lanes.
+/// order so several relays spread over the lanes, and `skip` (the lanes this process's other
+/// steps hold: they would only fail to lock) are not tried at all.
 ///
-/// Each candidate check walks the lane's pending-rows index (`order by o.id` makes the planner
-/// use it): a sequential scan would read every row deleted since the last vacuum at the head of
-/// the table, 64 times per step, which cost more than everything else the relay does during a
-/// drain (84 µs of database CPU per published row, against 5 µs for the claim and delete).
+/// Each candidate is probed, then locked, one at a time, and the statement stops once it holds
+/// `max_lanes`: a probe walks the head of its lane's pending-rows index (`order by o.id` makes
+/// the planner use it), which holds the entries of every row deleted since the last vacuum, so
+/// probing all 64 lanes per step cost more than the claim itself during a drain. The `case`
+/// keeps the order: a lane is locked only once its probe found a row, so no step holds a lane it
+/// has nothing to do in. The random order is materialized first, so the probe and the lock run
+/// row by row under the limit instead of for every lane before a sort.
 ///
-/// The candidates are materialized before the lock function runs: left to itself the planner
-/// pushes the lock condition down to the lane series and locks all 64 lanes before the limit,
-/// and one relay then starves the others. Each candidate check is a one-row index probe.
-///
-/// This must be its own statement, before [`claim_rows`]: a statement's snapshot is taken when it
+/// This must be its own statement, before [`take_rows`]: a statement's snapshot is taken when it
 /// starts, so rows read in the statement that took the lock could predate the commit of the
 /// relay that held the lane just before, and be published twice.
-pub async fn lock_lanes(conn: &mut PgConnection, max_lanes: i64) -> Result<Vec<i32>, sqlx::Error> {
+pub async fn lock_lanes(
+    conn: &mut PgConnection,
+    max_lanes: i64,
+    skip: &[i32],
+) -> Result<Vec<i32>, sqlx::Error> {
     sqlx::query_scalar!(
         r#"with candidates as materialized (
              select l.lane
                from generate_series(0, $2 - 1) as l(lane)
-              where (select true from outbox o
-                      where o.lane = l.lane
-                        and o.state = 'pending'
-                        and o.next_attempt_at <= clock_timestamp()
-                      order by o.id
-                      limit 1)
+              where l.lane <> all($4::int[])
               order by random()
          )
-         select lane as "lane!" from candidates
-          where pg_try_advisory_xact_lock($1, lane)
+         select c.lane as "lane!"
+           from candidates c
+          where case
+                  when (select true from outbox o
+                         where o.lane = c.lane
+                           and o.state = 'pending'
+                           and o.next_attempt_at <= clock_timestamp()
+                         order by o.id
+                         limit 1)
+                  then pg_try_advisory_xact_lock($1, c.lane)
+                  else false
+                end
           limit $3"#,
         LANE_LOCK_NAMESPACE,
         OUTBOX_LANES,
-        max_lanes
+        max_lanes,
+        skip
     )
     .fetch_all(conn)
     .await
@@ -111,48 +124,92 @@ pub async fn wait_for_lanes(conn: &mut PgConnection, lanes: &[i32]) -> Result<()
     Ok(())
 }
 
-/// The due pending rows of `lanes` in id order, up to `limit`, leaving out every row that has an
-/// earlier row of its key that is dead, parked, or retrying and not due yet, and every row of
-/// `held_keys` (keys this relay holds back: a delivery still unresolved, or their partition
+/// Takes the due pending rows of `lanes`, up to `limit`, in id order, leaving out every row that
+/// has an earlier row of its key that is dead, parked, or retrying and not due yet, and every row
+/// of `held_keys` (keys this relay holds back: a delivery still unresolved, or their partition
 /// unavailable).
-pub async fn claim_rows(
+///
+/// The rows are deleted by the same statement, inside the savepoint `taken`: the delete stands
+/// only if the step commits, which it does once every taken row was acknowledged; otherwise
+/// [`give_back`] restores them all and only the acknowledged ones are deleted
+/// ([`delete_published`]). One statement reads and deletes each row, as the database's own
+/// claim+delete would, instead of a read and a second lookup to delete.
+///
+/// Each lane gives at most its share of `limit` (rounded up), its first due rows in id order:
+/// a prefix of each of its keys, which is all per-key order needs (a key lives in one lane).
+pub async fn take_rows(
     conn: &mut PgConnection,
     lanes: &[i32],
     held_keys: &[String],
     limit: i64,
 ) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+    if lanes.is_empty() || limit <= 0 {
+        return Ok(Vec::new());
+    }
+    let lanes_n = lanes.len() as i64;
+    let per_lane = (limit + lanes_n - 1) / lanes_n;
+    conn.execute("savepoint taken").await?;
+    // The statement's shape keeps its plan whatever the table's statistics say (a freshly
+    // filled or never analyzed outbox has none): each lane is read through its own
+    // pending-rows index in id order and stops at its share, so a step reads about `limit`
+    // rows, never the other lanes' rows nor every deleted row at the head of the primary key
+    // (the step turns bitmap scans off, which would read a whole lane to sort it: see
+    // `relay::step`); the blocking check is a scalar subquery, so it stays one probe of the
+    // small `outbox_blocking` index per row. The delete finds each picked row by its ctid, in
+    // the same statement (so the same snapshot): no second index lookup.
+    //
     // "Due" is judged against the clock read once, after this statement's snapshot was taken,
     // not against `now()` (this transaction's start). A row committed after that start by a
     // transaction that began later (an order, or a requeue) has a `next_attempt_at` past our
     // `now()`: judged by `now()` it would be left out without holding back the later rows of its
     // key, which would then be published ahead of it. Every visible row with no attempts was
     // committed before the snapshot, so against the clock it is always due.
-    //
-    // `outbox_blocking` is inlined by the planner: the check is a probe of its small index.
-    sqlx::query_as!(
+    let mut rows = sqlx::query_as!(
         ClaimedRow,
-        r#"with clock as materialized (select clock_timestamp() as at)
-         select o.id, o.event_id, o.topic, o.partition_key, o.event_type, o.source, o.subject,
-                o.payload::text as "payload!", o.traceparent, o.tracestate, o.attempts,
-                o.created_at
-           from outbox o, clock
-          where o.lane = any($1::int[])
-            and o.state = 'pending'
-            and o.next_attempt_at <= clock.at
-            and o.partition_key <> all($3::text[])
-            and not exists (
-                select 1 from outbox_blocking b
-                 where b.partition_key = o.partition_key
-                   and b.id < o.id
-                   and (b.state <> 'pending' or b.next_attempt_at > clock.at))
-          order by o.id
-          limit $2"#,
+        r#"with clock as materialized (select clock_timestamp() as at),
+         picked as materialized (
+             select c.ctid as row_ctid
+               from clock, unnest($1::int[]) as l(lane)
+              cross join lateral (
+                    select o.ctid, o.id
+                      from outbox o
+                     where o.lane = l.lane
+                       and o.state = 'pending'
+                       and o.next_attempt_at <= clock.at
+                       and o.partition_key <> all($3::text[])
+                       and (select b.id from outbox_blocking b
+                             where b.partition_key = o.partition_key
+                               and b.id < o.id
+                               and (b.state <> 'pending' or b.next_attempt_at > clock.at)
+                             limit 1) is null
+                     order by o.id
+                     limit $4) c
+              order by c.id
+              limit $2
+         )
+         delete from outbox o
+          using picked p
+          where o.ctid = p.row_ctid
+         returning o.id, o.event_id, o.topic, o.partition_key, o.event_type, o.source,
+                   o.subject, o.payload::text as "payload!", o.traceparent, o.tracestate,
+                   o.attempts, o.created_at"#,
         lanes,
         limit,
-        held_keys
+        held_keys,
+        per_lane
     )
-    .fetch_all(conn)
-    .await
+    .fetch_all(&mut *conn)
+    .await?;
+    // `returning` has no order; the publisher needs each key's rows in id order.
+    rows.sort_unstable_by_key(|row| row.id);
+    Ok(rows)
+}
+
+/// Restores every row [`take_rows`] deleted in this transaction (rolls its savepoint back), for
+/// a step in which not every taken row was acknowledged.
+pub async fn give_back(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    conn.execute("rollback to savepoint taken").await?;
+    Ok(())
 }
 
 /// Deletes rows whose publication the broker acknowledged.

@@ -9,7 +9,7 @@
 //! - Rows of keys this relay holds back (see `held`) are not claimed, and rows of keys whose
 //!   partition is unavailable are not sent, so no later row of a key overtakes an earlier one.
 
-use std::time::Duration;
+use std::{collections::HashSet, sync::Mutex, time::Duration};
 
 use outbox_core::kafka::FailureKind;
 use sqlx::{PgConnection, PgTransaction};
@@ -59,7 +59,10 @@ impl Inner {
     pub(super) async fn publish_batch(&self) -> Result<BatchOutcome, RelayError> {
         let mut tx = self.begin_step().await?;
         let max_lanes = i64::from(self.settings.max_lanes_per_batch.max(1));
-        let lanes = claim::lock_lanes(&mut tx, max_lanes).await?;
+        let lanes = claim::lock_lanes(&mut tx, max_lanes, &self.busy_lanes.all()).await?;
+        // Declared after the transaction, so dropped before it: at worst another step probes a
+        // lane a moment before its lock is released, and does not get it.
+        let _busy = self.busy_lanes.hold(&lanes);
         tracing::debug!(?lanes, "lanes locked");
         // After the lanes are locked: a step that held a key commits (and frees its lane) only
         // after recording it, so a lock taken now sees every key held for it.
@@ -85,7 +88,13 @@ impl Inner {
         let settlement = self.send(&rows).await;
         #[cfg(feature = "test-hooks")]
         self.hang_after_ack_if_asked(&settlement).await;
-        outcome.published += claim::delete_published(&mut tx, &settlement.published).await?;
+        if settlement.published.len() == rows.len() {
+            // Every taken row was acknowledged: their delete stands with the commit.
+            outcome.published += rows.len() as u64;
+        } else {
+            claim::give_back(&mut tx).await?;
+            outcome.published += claim::delete_published(&mut tx, &settlement.published).await?;
+        }
         let recorded = failures::record_failures(&mut tx, &self.retry, &settlement.failed).await?;
         tx.commit().await?;
         span.record("published", outcome.published);
@@ -93,19 +102,24 @@ impl Inner {
         conclude(outcome, settlement, recorded)
     }
 
-    /// The step's transaction. Both settings last for it only, and cost one round trip:
+    /// The step's transaction. Its settings last for it only, and cost one round trip:
     /// - synchronous_commit off: a commit lost in a server crash only loses deletes of
     ///   published rows, which are then published again; at-least-once already allows that,
     ///   and the consumer deduplicates.
     /// - idle_in_transaction_session_timeout: if this process stalls or its host vanishes
     ///   mid-batch, the server ends the session instead of keeping its lane locks (and the
     ///   vacuum horizon) until TCP gives up.
+    /// - enable_bitmapscan off: every statement of a step reads a few rows through an index in
+    ///   its order; a bitmap scan would read all of a lane's pending rows (every row, during a
+    ///   backlog) to sort them, and the planner picks it as soon as the table's statistics say a
+    ///   lane holds a few thousand rows (measured: 216 ms instead of 6 ms for 2,000 rows).
     async fn begin_step(&self) -> Result<PgTransaction<'static>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let idle_limit = self.settings.delivery_timeout() + Duration::from_secs(30);
         sqlx::query!(
             "select set_config('synchronous_commit', 'off', true) as synchronous_commit,
-                    set_config('idle_in_transaction_session_timeout', $1, true) as idle_timeout",
+                    set_config('idle_in_transaction_session_timeout', $1, true) as idle_timeout,
+                    set_config('enable_bitmapscan', 'off', true) as bitmap_scans",
             format!("{}ms", idle_limit.as_millis())
         )
         .fetch_one(&mut *tx)
@@ -113,7 +127,7 @@ impl Inner {
         Ok(tx)
     }
 
-    /// Claims up to a batch of the locked lanes' due rows, leaving out the held keys.
+    /// Takes up to a batch of the locked lanes' due rows, leaving out the held keys.
     async fn claim(
         &self,
         conn: &mut PgConnection,
@@ -124,7 +138,7 @@ impl Inner {
             return Ok(Vec::new());
         }
         let limit = i64::from(self.settings.batch_size.max(1));
-        let rows = claim::claim_rows(conn, lanes, held_keys, limit).await?;
+        let rows = claim::take_rows(conn, lanes, held_keys, limit).await?;
         if !rows.is_empty() {
             self.metrics.batch_size.observe(rows.len() as f64);
         }
@@ -181,6 +195,48 @@ impl Inner {
                 "test hook: delivery acknowledged, hanging before the delete"
             );
             std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The lanes this process's steps hold, so that a step does not probe the lanes its siblings
+/// hold (it could not lock them). Only a shortcut: the lane locks decide.
+#[derive(Default)]
+pub(super) struct BusyLanes(Mutex<HashSet<i32>>);
+
+impl BusyLanes {
+    fn all(&self) -> Vec<i32> {
+        self.0
+            .lock()
+            .expect("busy lanes lock")
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    fn hold(&self, lanes: &[i32]) -> BusyGuard<'_> {
+        self.0
+            .lock()
+            .expect("busy lanes lock")
+            .extend(lanes.iter().copied());
+        BusyGuard {
+            busy: self,
+            lanes: lanes.to_vec(),
+        }
+    }
+}
+
+/// Marks its lanes free again when the step ends.
+struct BusyGuard<'a> {
+    busy: &'a BusyLanes,
+    lanes: Vec<i32>,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.busy.0.lock().expect("busy lanes lock");
+        for lane in &self.lanes {
+            busy.remove(lane);
         }
     }
 }

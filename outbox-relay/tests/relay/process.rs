@@ -38,7 +38,7 @@ fn help_lists_every_setting_with_its_environment_variable_and_default() {
             ("DB_ACQUIRE_TIMEOUT_SECS", Some("5")),
             ("SKIP_MIGRATIONS", None),
             ("KAFKA_BROKERS", Some("127.0.0.1:9092")),
-            ("BATCH_SIZE", Some("500")),
+            ("BATCH_SIZE", Some("2000")),
             ("MAX_LANES_PER_BATCH", Some("16")),
             ("IDLE_POLL_MAX_MS", Some("500")),
             ("MAX_ATTEMPTS", Some("10")),

@@ -174,7 +174,7 @@ async fn a_step_holds_only_the_lane_locks_it_uses_so_other_relays_get_the_rest()
         .fetch_one(&mut *first)
         .await
         .unwrap();
-    let first_lanes = claim::lock_lanes(&mut first, 3).await.unwrap();
+    let first_lanes = claim::lock_lanes(&mut first, 3, &[]).await.unwrap();
     assert_eq!(first_lanes.len(), 3);
     assert_eq!(
         held_by(first_pid).await,
@@ -183,12 +183,31 @@ async fn a_step_holds_only_the_lane_locks_it_uses_so_other_relays_get_the_rest()
     );
 
     let mut second = env.pool.begin().await.unwrap();
-    let second_lanes = claim::lock_lanes(&mut second, 64).await.unwrap();
+    let second_lanes = claim::lock_lanes(&mut second, 64, &[]).await.unwrap();
     assert_eq!(second_lanes.len() as i64, busy_lanes - 3);
     assert!(second_lanes.iter().all(|lane| !first_lanes.contains(lane)));
-    let rows = claim::claim_rows(&mut second, &second_lanes, &[], 10_000)
+    let count = "select count(*) from outbox";
+    let before: i64 = sqlx::query_scalar(count)
+        .fetch_one(&mut *second)
         .await
         .unwrap();
+    let rows = claim::take_rows(&mut second, &second_lanes, &[], 10_000)
+        .await
+        .unwrap();
+    let taken: i64 = sqlx::query_scalar(count)
+        .fetch_one(&mut *second)
+        .await
+        .unwrap();
+    assert_eq!(taken, before - rows.len() as i64, "taken rows are deleted");
+    claim::give_back(&mut second).await.unwrap();
+    let given_back: i64 = sqlx::query_scalar(count)
+        .fetch_one(&mut *second)
+        .await
+        .unwrap();
+    assert_eq!(
+        given_back, before,
+        "given back, every taken row is there again"
+    );
     assert!(
         rows.windows(2).all(|w| w[0].id < w[1].id),
         "claimed in id order"

@@ -320,7 +320,7 @@ async fn rows_requeued_after_a_claim_began_still_go_before_the_later_rows_of_the
         requeued_at > claim_began,
         "the requeue is later than the claim's start"
     );
-    let claimed = outbox_relay::outbox::claim::claim_rows(&mut claim, &[lane], &[], 100)
+    let claimed = outbox_relay::outbox::claim::take_rows(&mut claim, &[lane], &[], 100)
         .await
         .unwrap();
 
