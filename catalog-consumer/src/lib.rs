@@ -15,13 +15,13 @@ pub mod stock;
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
-use actix_web::{dev::Server, web};
+use actix_web::web;
 use anyhow::Context;
 use clap::Parser;
 use outbox_core::{
     cli::run_service,
     db,
-    ops::{self, Check, Ops, ServeSettings},
+    ops::{self, Check, Ops, ServeSettings, Served},
     retention::{self, Pruner},
     settings::{KafkaSettings, PoolSettings, PruneSettings},
 };
@@ -205,22 +205,14 @@ impl Settings {
 
 /// A built consumer: connected to its database, subscribed to the topic, HTTP port bound.
 pub struct Consumer {
-    port: u16,
-    server: Server,
+    http: Served,
     consume: consume::ConsumeLoop,
-    pool: sqlx::PgPool,
     pruner: Pruner,
 }
 
 /// Deletes up to `$2` processed events applied more than `$1` seconds ago, oldest first.
-const PRUNE_PROCESSED_EVENTS: &str = "with gone as (
-         delete from processed_events
-          where event_id in (select event_id from processed_events
-                              where processed_at < now() - $1 * interval '1 second'
-                              order by processed_at
-                              limit $2)
-         returning 1)
-     select count(*) from gone";
+const PRUNE_PROCESSED_EVENTS: &str =
+    outbox_core::prune_statement!("processed_events", key = "event_id", age = "processed_at");
 
 impl Consumer {
     /// Connects to the database (applying migrations unless told not to), joins the consumer
@@ -260,19 +252,20 @@ impl Consumer {
             shutdown_timeout_secs: 10,
         };
         let pool_data = web::Data::new(pool.clone());
-        let (port, server) = ops::serve(&serve, ops, move |cfg| {
+        let http = ops::serve(&serve, ops, move |cfg| {
             cfg.app_data(pool_data.clone());
             routes::configure(cfg);
         })?;
         tracing::info!(
             addr = %settings.http_addr,
-            port,
+            port = http.port,
             topic = %settings.order_events_topic,
             group = %settings.consumer_group,
             dlq = %settings.dlq_topic,
             "catalog-consumer listening"
         );
         let pruner = Pruner::new(
+            pool.clone(),
             "processed_events",
             PRUNE_PROCESSED_EVENTS,
             settings.processed_events_retention,
@@ -292,31 +285,25 @@ impl Consumer {
             stall,
         };
         Ok(Self {
-            port,
-            server,
+            http,
             consume,
-            pool,
             pruner,
         })
     }
 
     /// The bound HTTP port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.http.port
     }
 
     /// Consumes and serves until `shutdown` is cancelled; then finishes the batch in hand,
     /// commits the stored offsets, leaves the group and stops serving.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let handle = self.server.handle();
-        let server = tokio::spawn(self.server);
-        let pruning = self.pruner.spawn(self.pool);
-        let consumed = self.consume.run(shutdown).await;
+        let pruning = self.pruner.spawn();
+        let (consumed, served) = self.http.serve_while(self.consume.run(shutdown)).await;
         pruning.stop().await;
-        handle.stop(true).await;
-        let served = server.await;
         tracing::info!("catalog-consumer stopped");
         consumed?;
-        served?.context("HTTP server failed")
+        served
     }
 }

@@ -10,13 +10,12 @@ mod wakeup;
 
 use std::{process::ExitCode, time::Duration};
 
-use actix_web::{dev::Server, web};
-use anyhow::Context;
+use actix_web::web;
 use clap::Parser;
 use outbox_core::{
     cli::run_service,
     db,
-    ops::{self, Check, Ops, ServeSettings},
+    ops::{self, Check, Ops, ServeSettings, Served},
     retention::{self, Pruner},
     settings::{OrdersDatabase, PruneSettings},
 };
@@ -119,22 +118,17 @@ pub(crate) struct AppState {
 }
 
 /// Deletes up to `$2` idempotency keys created more than `$1` seconds ago, oldest first.
-const PRUNE_IDEMPOTENCY_KEYS: &str = "with gone as (
-         delete from idempotency_keys
-          where idempotency_key in (select idempotency_key from idempotency_keys
-                                     where created_at < now() - $1 * interval '1 second'
-                                     order by created_at
-                                     limit $2)
-         returning 1)
-     select count(*) from gone";
+const PRUNE_IDEMPOTENCY_KEYS: &str = outbox_core::prune_statement!(
+    "idempotency_keys",
+    key = "idempotency_key",
+    age = "created_at"
+);
 
 /// A built, bound, not yet running order-api.
 pub struct Application {
-    port: u16,
-    server: Server,
+    http: Served,
     wakeup_task: tokio::task::JoinHandle<()>,
     lag_task: Option<tokio::task::JoinHandle<()>>,
-    pool: PgPool,
     pruner: Pruner,
 }
 
@@ -165,6 +159,7 @@ impl Application {
             metrics.outbox_lagging.clone(),
         );
         let pruner = Pruner::new(
+            pool.clone(),
             "idempotency_keys",
             PRUNE_IDEMPOTENCY_KEYS,
             settings.idempotency_key_retention,
@@ -184,47 +179,39 @@ impl Application {
             workers: settings.http_workers,
             shutdown_timeout_secs: 10,
         };
-        let (port, server) = ops::serve(&serve, ops, move |cfg| {
+        let http = ops::serve(&serve, ops, move |cfg| {
             cfg.app_data(state.clone());
             routes::configure(cfg, max_body);
         })?;
         tracing::info!(
             addr = %settings.http_addr,
-            port,
+            port = http.port,
             topic = %settings.order_events_topic,
             "order-api listening"
         );
         Ok(Self {
-            port,
-            server,
+            http,
             wakeup_task,
             lag_task,
-            pool,
             pruner,
         })
     }
 
     /// The bound port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.http.port
     }
 
     /// Serves until `shutdown` is cancelled, then lets requests in flight finish.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let handle = self.server.handle();
-        let pruning = self.pruner.spawn(self.pool);
-        let stopper = tokio::spawn(async move {
-            shutdown.cancelled().await;
-            handle.stop(true).await;
-        });
-        let result = self.server.await;
-        stopper.abort();
+        let pruning = self.pruner.spawn();
+        let ((), served) = self.http.serve_while(shutdown.cancelled()).await;
         pruning.stop().await;
         self.wakeup_task.abort();
         if let Some(task) = self.lag_task {
             task.abort();
         }
         tracing::info!("order-api stopped");
-        result.context("HTTP server failed")
+        served
     }
 }

@@ -114,9 +114,8 @@ pub struct ServeSettings {
 
 /// Binds `settings.addr` and builds (not yet polled) the service's HTTP server: the service's
 /// own routes from `routes`, [`Ops::configure`]'s `/healthz`, `/readyz` and `/metrics`, and a
-/// JSON 404 for anything else. Signals are left to the service's one shutdown token. Returns
-/// the bound port and the server.
-pub fn serve<F>(settings: &ServeSettings, ops: Ops, routes: F) -> anyhow::Result<(u16, Server)>
+/// JSON 404 for anything else. Signals are left to the service's one shutdown token.
+pub fn serve<F>(settings: &ServeSettings, ops: Ops, routes: F) -> anyhow::Result<Served>
 where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
@@ -134,7 +133,34 @@ where
     if let Some(workers) = settings.workers {
         server = server.workers(workers);
     }
-    Ok((port, server.listen(listener)?.run()))
+    Ok(Served {
+        port,
+        server: server.listen(listener)?.run(),
+    })
+}
+
+/// A bound, not yet polled HTTP server ([`serve`]).
+pub struct Served {
+    /// The bound port (the one asked for, or the one picked for port 0).
+    pub port: u16,
+    server: Server,
+}
+
+impl Served {
+    /// Serves while `work` runs; then stops the server gracefully (requests in flight finish,
+    /// within the shutdown timeout) and returns `work`'s output and how the server ended. Every
+    /// service's lifetime is this: its own work beside its HTTP surface.
+    pub async fn serve_while<T>(self, work: impl Future<Output = T>) -> (T, anyhow::Result<()>) {
+        let handle = self.server.handle();
+        let server = tokio::spawn(self.server);
+        let output = work.await;
+        handle.stop(true).await;
+        let served = match server.await {
+            Ok(result) => result.context("HTTP server failed"),
+            Err(error) => Err(anyhow::Error::from(error).context("HTTP server task failed")),
+        };
+        (output, served)
+    }
 }
 
 /// The OpenAPI description of what [`Ops::configure`] serves, and of `/openapi.json` itself.

@@ -48,9 +48,28 @@ pub fn format_duration(duration: Duration) -> String {
     format!("{seconds}s")
 }
 
+/// The pruning statement of a retained table, written once for every such table: deletes up to
+/// `$2` rows whose `age` column is more than `$1` seconds old, oldest first (through the index on
+/// that column), and returns how many it deleted (as `bigint`). Made by `concat!` from literals
+/// at compile time: a constant statement with bound parameters, never SQL built at run time.
+#[macro_export]
+#[rustfmt::skip]
+macro_rules! prune_statement {
+    ($table:literal, key = $key:literal, age = $age:literal) => {
+        concat!(
+            "with gone as (delete from ", $table,
+            " where ", $key, " in (select ", $key, " from ", $table,
+            " where ", $age, " < now() - $1 * interval '1 second'",
+            " order by ", $age, " limit $2)",
+            " returning 1) select count(*) from gone"
+        )
+    };
+}
+
 /// One table's pruning: a statement that deletes at most `$2` rows older than `$1` seconds and
-/// returns how many it deleted (as `bigint`).
+/// returns how many it deleted (as `bigint`), see [`prune_statement!`].
 pub struct Pruner {
+    pool: PgPool,
     /// The table's name, for log lines.
     pub table: &'static str,
     /// `with gone as (delete ... where key in (select key ... where age < now() - $1 * interval
@@ -65,8 +84,10 @@ pub struct Pruner {
 }
 
 impl Pruner {
-    /// `table`'s pruning by `statement` at the interval and batch size of `settings`.
+    /// `table`'s pruning (in `pool`'s database) by `statement` at the interval and batch size
+    /// of `settings`.
     pub fn new(
+        pool: PgPool,
         table: &'static str,
         statement: &'static str,
         retention: Duration,
@@ -74,6 +95,7 @@ impl Pruner {
         pruned: IntCounter,
     ) -> Self {
         Self {
+            pool,
             table,
             statement,
             retention,
@@ -85,13 +107,13 @@ impl Pruner {
 
     /// One round: batches until a batch deletes fewer rows than its limit. Returns the rows
     /// deleted.
-    pub async fn prune_once(&self, pool: &PgPool) -> Result<u64, sqlx::Error> {
+    pub async fn prune_once(&self) -> Result<u64, sqlx::Error> {
         let mut total = 0;
         loop {
             let deleted: i64 = sqlx::query_scalar(self.statement)
                 .bind(self.retention.as_secs_f64())
                 .bind(self.batch)
-                .fetch_one(pool)
+                .fetch_one(&self.pool)
                 .await?;
             let deleted = u64::try_from(deleted).unwrap_or(0);
             self.pruned.inc_by(deleted);
@@ -104,16 +126,16 @@ impl Pruner {
 
     /// Prunes every `interval` until [`Pruning::stop`]. A failed round (database unavailable)
     /// is logged and tried again at the next interval.
-    pub fn spawn(self, pool: PgPool) -> Pruning {
+    pub fn spawn(self) -> Pruning {
         let stop = CancellationToken::new();
-        let task = self.run(pool, stop.clone());
+        let task = self.run(stop.clone());
         Pruning {
             stop,
             task: tokio::spawn(task),
         }
     }
 
-    async fn run(self, pool: PgPool, stop: CancellationToken) {
+    async fn run(self, stop: CancellationToken) {
         {
             let mut ticker = tokio::time::interval(self.interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -124,7 +146,7 @@ impl Pruner {
                 }
                 let pruned = tokio::select! {
                     _ = stop.cancelled() => return,
-                    pruned = self.prune_once(&pool) => pruned,
+                    pruned = self.prune_once() => pruned,
                 };
                 match pruned {
                     Ok(0) => {}

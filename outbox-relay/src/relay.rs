@@ -18,11 +18,10 @@ use std::{
     time::Duration,
 };
 
-use actix_web::dev::Server;
 use anyhow::Context;
 use outbox_core::{
     db,
-    ops::{Check, Ops},
+    ops::{Check, Ops, Served},
 };
 use rdkafka::producer::{FutureProducer, Producer};
 use sqlx::PgPool;
@@ -58,8 +57,7 @@ impl Inner {
 /// A built, bound, not yet running relay.
 pub struct Relay {
     inner: Arc<Inner>,
-    port: u16,
-    server: Server,
+    http: Served,
 }
 
 impl Relay {
@@ -88,10 +86,10 @@ impl Relay {
         let database = Check::postgres(pool.clone());
         let broker = Check::kafka(&settings.kafka)?;
         let ops = Ops::new(registry, vec![database.clone(), broker.clone()]);
-        let (port, server) = http::serve(&settings.http_addr, ops, pool.clone())?;
+        let http = http::serve(&settings.http_addr, ops, pool.clone())?;
         tracing::info!(
             addr = %settings.http_addr,
-            port,
+            port = http.port,
             brokers = %settings.kafka.kafka_brokers,
             batch_size = settings.batch_size,
             "outbox-relay listening"
@@ -110,14 +108,13 @@ impl Relay {
                 held: held::HeldKeys::default(),
                 busy_lanes: step::BusyLanes::default(),
             }),
-            port,
-            server,
+            http,
         })
     }
 
     /// The bound HTTP port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.http.port
     }
 
     /// One step: claim due rows of free lanes, publish them pipelined, delete the acknowledged
@@ -137,25 +134,27 @@ impl Relay {
         );
         let stats = stats::spawn(self.inner.clone(), stop_helpers.clone());
         let watch = partition_watch::spawn(self.inner.clone(), stop_helpers.clone());
-        let handle = self.server.handle();
-        let server = tokio::spawn(self.server);
-
-        // Several steps in flight on disjoint lane sets (each holds its lanes' locks), so the
-        // database and the broker work at the same time instead of taking turns.
-        let steps = (0..self.inner.settings.steps_in_flight.max(1))
-            .map(|_| self.inner.run_loop(&shutdown, &wakeup));
-        futures::future::join_all(steps).await;
-
-        stop_helpers.cancel();
-        let producer = self.inner.producer();
-        let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5)))
-            .await
-            .context("flush task")?;
-        if let Err(error) = flushed {
+        let inner = self.inner.clone();
+        let publishing = async move {
+            // Several steps in flight on disjoint lane sets (each holds its lanes' locks), so the
+            // database and the broker work at the same time instead of taking turns.
+            let steps = (0..inner.settings.steps_in_flight.max(1))
+                .map(|_| inner.run_loop(&shutdown, &wakeup));
+            futures::future::join_all(steps).await;
+            stop_helpers.cancel();
+            let producer = inner.producer();
+            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await
+        };
+        let (flushed, served) = self.http.serve_while(publishing).await;
+        if let Err(error) = flushed.context("flush task")? {
             tracing::warn!(%error, "messages still in flight at shutdown; their rows stay pending");
         }
-        handle.stop(true).await;
-        let _ = server.await;
+        if let Err(error) = served {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "the HTTP server did not stop cleanly"
+            );
+        }
         let _ = listener.await;
         let _ = stats.await;
         let _ = watch.await;

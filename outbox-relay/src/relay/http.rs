@@ -1,14 +1,14 @@
 //! The relay's HTTP surface: health, readiness and metrics, and `GET /status` (what
 //! `outbox-relay status` prints). Nothing here publishes.
 
-use actix_web::{dev::Server, web, HttpResponse, ResponseError};
-use outbox_core::ops::{self, DatabaseError, Ops, ServeSettings};
+use actix_web::{web, HttpResponse, ResponseError};
+use outbox_core::ops::{self, DatabaseError, Ops, ServeSettings, Served};
 use sqlx::PgPool;
 
 use crate::outbox::status;
 
-/// Binds `addr` and builds (not yet polled) the server; returns the bound port with it.
-pub(super) fn serve(addr: &str, ops: Ops, pool: PgPool) -> anyhow::Result<(u16, Server)> {
+/// Binds `addr` and builds (not yet polled) the server.
+pub(super) fn serve(addr: &str, ops: Ops, pool: PgPool) -> anyhow::Result<Served> {
     let settings = ServeSettings {
         addr: addr.to_owned(),
         workers: Some(1),
