@@ -75,8 +75,9 @@ pub struct Settings {
     /// Most lanes (of 64) one step locks; lower values spread the work of several relays.
     #[arg(long, env = "MAX_LANES_PER_BATCH", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub max_lanes_per_batch: u32,
-    /// Claim-publish-delete steps in flight at once, each on its own lanes and transaction:
-    /// while one waits for the broker's acks another claims or deletes.
+    /// Claim-publish-delete steps in flight at once during a backlog (while steps take full
+    /// batches), each on its own lanes and transaction: while one waits for the broker's acks
+    /// another claims or deletes. One step at a time otherwise.
     #[arg(long, env = "STEPS_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub steps_in_flight: u32,
     /// Longest wait between two polls while idle; a notification on the wake-up channel

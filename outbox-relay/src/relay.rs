@@ -136,10 +136,12 @@ impl Relay {
         let watch = partition_watch::spawn(self.inner.clone(), stop_helpers.clone());
         let inner = self.inner.clone();
         let publishing = async move {
-            // Several steps in flight on disjoint lane sets (each holds its lanes' locks), so the
-            // database and the broker work at the same time instead of taking turns.
+            // Up to STEPS_IN_FLIGHT steps on disjoint lane sets (each holds its lanes' locks)
+            // during a backlog, so the database and the broker work at the same time instead of
+            // taking turns; one at a trickle (see `run_loop`).
+            let backlog = Notify::new();
             let steps = (0..inner.settings.steps_in_flight.max(1))
-                .map(|_| inner.run_loop(&shutdown, &wakeup));
+                .map(|step| inner.run_loop(step == 0, &shutdown, &wakeup, &backlog));
             futures::future::join_all(steps).await;
             stop_helpers.cancel();
             let producer = inner.producer();

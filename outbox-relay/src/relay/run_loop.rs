@@ -7,6 +7,11 @@
 //!   [`super::RelayError`], never as a failure of a message) and is waited out with backoff,
 //!   without giving up.
 //! - SIGTERM stops claiming; the step in hand finishes first.
+//!
+//! One loop leads: it answers the wake-ups and polls while idle. The others help only while
+//! steps come back with full batches (a backlog): at a trickle, one step at a time takes
+//! everything there is, instead of several steps splitting it into more, smaller transactions
+//! and broker requests.
 
 use std::time::Duration;
 
@@ -20,19 +25,37 @@ use crate::{publish, wakeup::IdlePacer, Settings};
 
 impl Inner {
     /// Runs steps until `shutdown`: at once while they find work, after an idle wait (cut short
-    /// by `wakeup`) while they do not, and after the outage gate when one failed.
-    pub(super) async fn run_loop(&self, shutdown: &CancellationToken, wakeup: &Notify) {
+    /// by `wakeup`) while they do not, and after the outage gate when one failed. A helper
+    /// (`lead` false) instead waits for `backlog`, which a step that took a full batch signals,
+    /// and goes back to waiting after a step that did not.
+    pub(super) async fn run_loop(
+        &self,
+        lead: bool,
+        shutdown: &CancellationToken,
+        wakeup: &Notify,
+        backlog: &Notify,
+    ) {
         let mut idle = IdlePacer::new(self.settings.idle_poll_max());
         let mut outage = outage_backoff(&self.settings);
+        if !lead && !wait_for(backlog, shutdown).await {
+            return;
+        }
         while !shutdown.is_cancelled() {
             match self.publish_batch().await {
                 Ok(outcome) => {
                     outage.reset();
-                    if outcome.claimed > 0 {
-                        if outcome.claimed >= self.settings.batch_size as usize {
-                            // A full batch: there is more; wake another step to take it.
-                            wakeup.notify_one();
+                    let full = outcome.claimed >= self.settings.batch_size as usize;
+                    if full {
+                        // There is more: a helper takes the next batch beside this loop.
+                        backlog.notify_one();
+                    }
+                    if !lead && !full {
+                        if !wait_for(backlog, shutdown).await {
+                            return;
                         }
+                        continue;
+                    }
+                    if outcome.claimed > 0 {
                         idle.reset();
                         self.metrics.idle_wait.set(0.0);
                         continue;
@@ -96,6 +119,14 @@ impl Inner {
             tracing::info!("broker and database answer; publishing resumes");
             return;
         }
+    }
+}
+
+/// Waits for `signal`; false when `shutdown` came first.
+async fn wait_for(signal: &Notify, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = signal.notified() => true,
     }
 }
 
