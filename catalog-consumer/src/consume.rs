@@ -137,6 +137,7 @@ pub fn subscribe(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Group
     let consumer: GroupConsumer = config
         .set("group.id", &settings.consumer_group)
         .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
+        .set("fetch.min.bytes", settings.fetch_min_bytes.to_string())
         .set("enable.auto.offset.store", "false")
         .set("enable.auto.commit", "true")
         .set(

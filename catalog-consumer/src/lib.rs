@@ -159,6 +159,11 @@ pub struct Settings {
     /// only sets how often an idle consumer asks (100 fetches/s per broker at 10 ms).
     #[arg(long, env = "FETCH_WAIT_MAX_MS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=300_000))]
     pub fetch_wait_max_ms: u32,
+    /// librdkafka `fetch.min.bytes`: how much data a fetch waits for (up to FETCH_WAIT_MAX_MS)
+    /// before the broker answers. 1 answers as soon as anything is there (lowest latency);
+    /// larger values trade latency for fewer, fuller fetches when events trickle in.
+    #[arg(long, env = "FETCH_MIN_BYTES", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub fetch_min_bytes: u32,
     /// How long a processed event's id is kept (and so how long a redelivery of it is
     /// recognised): `processed_events` rows older than this are deleted. Written 7d, 36h, 90m.
     /// An event whose `ce_time` is older than this minus DEDUP_WINDOW_MARGIN is never applied:

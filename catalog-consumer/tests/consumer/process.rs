@@ -130,6 +130,7 @@ fn help_lists_every_setting_with_its_environment_variable_and_default() {
             ("RETRY_MAX_BACKOFF_MS", Some("5000")),
             ("CONSUMER_INSTANCE_ID", None),
             ("FETCH_WAIT_MAX_MS", Some("10")),
+            ("FETCH_MIN_BYTES", Some("1")),
             ("STALLED_AFTER_SECS", Some("60")),
             ("DLQ_MESSAGE_MAX_BYTES", Some("1000000")),
         ],
