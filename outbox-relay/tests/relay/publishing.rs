@@ -312,3 +312,68 @@ async fn health_readiness_and_metrics_are_served() {
     );
     relay.stop().await;
 }
+
+/// STEPS_IN_FLIGHT is for a backlog: while steps take full batches, helper steps run beside the
+/// leading one (several transactions hold lane locks at once); rows that trickle in are taken
+/// by the leading step alone, one transaction at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helper_steps_run_beside_the_leading_one_only_during_a_backlog() {
+    let env = TestEnv::new(6).await;
+    let relay = env
+        .spawn_relay(&[
+            "--batch-size",
+            "50",
+            "--max-lanes-per-batch",
+            "4",
+            "--steps-in-flight",
+            "4",
+        ])
+        .await;
+    // The most relay transactions seen holding lane locks at the same moment.
+    let watch = |pool: sqlx::PgPool, stop: tokio_util::sync::CancellationToken| {
+        tokio::spawn(async move {
+            let mut most = 0i64;
+            while !stop.is_cancelled() {
+                let holders: i64 = sqlx::query_scalar(
+                    "select count(distinct pid) from pg_locks
+                      where locktype = 'advisory' and objsubid = 2 and classid = $1::int::oid
+                        and database = (select oid from pg_database
+                                         where datname = current_database())",
+                )
+                .bind(LANE_LOCK_NAMESPACE)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                most = most.max(holders);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            most
+        })
+    };
+
+    // A trickle: one row every 10 ms for 1 s (a batch of 50 would take a 500 ms stall).
+    let stop = tokio_util::sync::CancellationToken::new();
+    let trickle_watch = watch(env.pool.clone(), stop.clone());
+    for seq in 0..100 {
+        env.insert(&[(format!("t{:02}", seq % 50), seq)]).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    env.wait_until_drained(Duration::from_secs(30)).await;
+    stop.cancel();
+    let at_a_trickle = trickle_watch.await.unwrap();
+    assert_eq!(at_a_trickle, 1, "one step at a time at a trickle");
+
+    // A backlog: 5,000 rows at once, taken in batches of 50.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let backlog_watch = watch(env.pool.clone(), stop.clone());
+    env.insert(&round_robin(5_000, 500)).await;
+    env.wait_until_drained(Duration::from_secs(60)).await;
+    stop.cancel();
+    let in_a_backlog = backlog_watch.await.unwrap();
+    assert!(
+        in_a_backlog >= 2,
+        "helper steps join during a backlog: at most {in_a_backlog} at once"
+    );
+    assert_eq!(env.read_topic().await.len(), 5_100);
+    relay.stop().await;
+}
