@@ -134,9 +134,6 @@ impl Inner {
         lanes: &[i32],
         held_keys: &[String],
     ) -> Result<Vec<ClaimedRow>, sqlx::Error> {
-        if lanes.is_empty() {
-            return Ok(Vec::new());
-        }
         let limit = i64::from(self.settings.batch_size.max(1));
         let rows = claim::take_rows(conn, lanes, held_keys, limit).await?;
         if !rows.is_empty() {
