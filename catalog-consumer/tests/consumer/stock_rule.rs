@@ -124,7 +124,11 @@ impl Catalog {
                 order_event(*event_id, product_id, *quantity, offset)
             })
             .collect();
-        let mut tx = self.pool.begin().await.expect("begin");
+        let mut tx = self
+            .pool
+            .begin_with(stock::BEGIN_APPLY)
+            .await
+            .expect("begin");
         let outcomes = stock::apply_events(&mut tx, &events)
             .await
             .expect("apply_events");
@@ -227,4 +231,54 @@ async fn every_stock_outcome_of_the_database_is_the_consumers_outcome_of_the_sam
     assert_eq!(outcomes, Outcome::ALL);
     let labels: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
     assert_eq!(names, labels, "the metric labels are the database's names");
+}
+
+/// Seq scans of `processed_events` counted by `conn`'s session and not yet reported.
+async fn processed_events_seq_scans(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "select coalesce(sum(seq_scan), 0)::bigint from pg_stat_xact_user_tables
+          where relname = 'processed_events'",
+    )
+    .fetch_one(conn)
+    .await
+    .expect("seq scans")
+}
+
+#[tokio::test]
+async fn the_apply_probes_processed_events_by_key_when_its_plan_was_made_on_an_empty_table() {
+    let catalog = Catalog::new().await;
+    let product = CASES[0].description;
+    sqlx::query("update products set stock = 1000000 where product_id = $1")
+        .bind(product)
+        .execute(&catalog.pool)
+        .await
+        .expect("stock");
+    // One connection, as a consumer's pool connection: its statement cache keeps the plan made
+    // while processed_events was empty (the generic plan from the sixth execution on).
+    let mut conn = catalog.pool.acquire().await.expect("connection");
+    for round in 0..8 {
+        let events: Vec<OrderEvent> = (0..10)
+            .map(|offset| order_event(Uuid::now_v7(), product, 1, offset))
+            .collect();
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, stock::BEGIN_APPLY)
+            .await
+            .expect("begin");
+        // The counter also holds this session's earlier scans not yet reported (the
+        // migrations'), so the batch's are the difference.
+        let before = processed_events_seq_scans(&mut tx).await;
+        let outcomes = stock::apply_events(&mut tx, &events)
+            .await
+            .expect("apply_events");
+        assert!(
+            outcomes.iter().all(|(_, outcome)| *outcome == Applied),
+            "round {round}: every event applies"
+        );
+        assert_eq!(
+            processed_events_seq_scans(&mut tx).await - before,
+            0,
+            "round {round}: the batch read processed_events by a seq scan, as a plan made on \
+             an empty table does; it would read the whole table for every batch as it grows"
+        );
+        tx.commit().await.expect("commit");
+    }
 }
