@@ -16,7 +16,9 @@
 
 use chrono::{DateTime, Utc};
 use outbox_core::{db::OUTBOX_LANES, event::CloudEvent};
-use sqlx::{Executor, PgConnection};
+use std::time::Duration;
+
+use sqlx::{Executor, PgConnection, PgPool, PgTransaction};
 use uuid::Uuid;
 
 /// First key of the two-key advisory locks on lanes ("obrx"), so they cannot collide with other
@@ -55,6 +57,38 @@ impl ClaimedRow {
             tracestate: self.tracestate.clone(),
         }
     }
+}
+
+/// Begins a step's transaction. Its settings last for it only, and cost one round trip:
+/// - synchronous_commit off: a commit lost in a server crash only loses deletes of published
+///   rows, which are then published again; at-least-once already allows that, and the consumer
+///   deduplicates.
+/// - idle_in_transaction_session_timeout (`idle_limit`): if this process stalls or its host
+///   vanishes mid-batch, the server ends the session instead of keeping its lane locks (and the
+///   vacuum horizon) until TCP gives up.
+/// - enable_bitmapscan off: every statement of a step reads a few rows through an index in its
+///   order; a bitmap scan would read all of a lane's pending rows (every row, during a backlog) to
+///   sort them, and the planner picks it as soon as the table's statistics say a lane holds a few
+///   thousand rows (measured: 216 ms instead of 6 ms for 2,000 rows).
+/// - enable_seqscan off: the delete of the taken rows finds them by ctid, and the planner, seeing
+///   a few hundred rows in the table, hash-joins them against a seq scan of the whole table
+///   instead. The heap holds every row deleted since the last vacuum (without autovacuum, every
+///   row ever written), so that scan grows without bound; by ctid it is one page read per row.
+pub async fn begin_step(
+    pool: &PgPool,
+    idle_limit: Duration,
+) -> Result<PgTransaction<'static>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query!(
+        "select set_config('synchronous_commit', 'off', true) as synchronous_commit,
+                set_config('idle_in_transaction_session_timeout', $1, true) as idle_timeout,
+                set_config('enable_bitmapscan', 'off', true) as bitmap_scans,
+                set_config('enable_seqscan', 'off', true) as seq_scans",
+        format!("{}ms", idle_limit.as_millis())
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(tx)
 }
 
 /// Locks up to `max_lanes` lanes that have due pending rows, for the rest of the transaction.

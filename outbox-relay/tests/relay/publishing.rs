@@ -377,3 +377,42 @@ async fn helper_steps_run_beside_the_leading_one_only_during_a_backlog() {
     assert_eq!(env.read_topic().await.len(), 5_100);
     relay.stop().await;
 }
+
+/// Seq scans of `outbox` counted by `conn`'s session and not yet reported.
+async fn outbox_seq_scans(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "select coalesce(sum(seq_scan), 0)::bigint from pg_stat_xact_user_tables
+          where relname = 'outbox'",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_step_reads_the_outbox_by_index_and_ctid_never_by_a_seq_scan() {
+    let env = TestEnv::new(1).await;
+    // Enough rows that the planner, left alone, hash-joins the taken rows' ctids against a seq
+    // scan of the table; a heap that is never vacuumed makes that scan longer at every step.
+    env.insert(&round_robin(600, 40)).await;
+    for round in 0..8 {
+        let mut tx = claim::begin_step(&env.pool, Duration::from_secs(60))
+            .await
+            .unwrap();
+        // The counter also holds this session's earlier scans not yet reported, so the step's
+        // are the difference.
+        let before = outbox_seq_scans(&mut tx).await;
+        let lanes = claim::lock_lanes(&mut tx, 4, &[]).await.unwrap();
+        let rows = claim::take_rows(&mut tx, &lanes, &[], 20).await.unwrap();
+        assert!(!rows.is_empty(), "round {round}: rows taken");
+        claim::give_back(&mut tx).await.unwrap();
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        claim::delete_published(&mut tx, &ids).await.unwrap();
+        assert_eq!(
+            outbox_seq_scans(&mut tx).await - before,
+            0,
+            "round {round}: a statement of the step read the outbox by a seq scan"
+        );
+        tx.commit().await.unwrap();
+    }
+}
