@@ -277,7 +277,10 @@ impl Applier {
         if events.is_empty() && refused.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin_with(stock::BEGIN_APPLY).await?;
+        let mut tx = self
+            .pool
+            .begin_with(outbox_core::db::BEGIN_WITHOUT_SEQ_SCANS)
+            .await?;
         let outcomes = stock::apply_events(&mut tx, events).await?;
         for (message, rejection, why) in refused {
             dlq::keep_refused(&mut tx, message, rejection, why).await?;

@@ -94,20 +94,14 @@ impl EventRow {
     }
 }
 
-/// How the apply transaction begins: `BEGIN` and its plan settings, in one round trip.
+/// Applies `events` in the caller's transaction (the caller commits) and returns each event's
+/// outcome, in the order given.
 ///
-/// Seq scans off, for this transaction only: every statement here reads `processed_events` and
-/// `products` by primary key. A connection keeps the generic plan it made after its first few
-/// batches, made from the table sizes of that moment; with an empty `processed_events` (a new
-/// database, and no ANALYZE since: autovacuum off, or not yet run) that plan hash-joins the
-/// batch against a seq scan of the whole table, and keeps doing so as the table grows to
-/// millions of rows (measured: 1,409 batches read 3.5 million rows of a 5,000-row table, a
-/// quarter of a core at 500 events/s). With seq scans off the only plan is one index probe per
-/// event, whatever the statistics say.
-pub const BEGIN_APPLY: &str = "begin; set local enable_seqscan = off";
-
-/// Applies `events` in the caller's transaction (the caller commits; begin it with
-/// [`BEGIN_APPLY`]) and returns each event's outcome, in the order given.
+/// Begin the transaction with [`outbox_core::db::BEGIN_WITHOUT_SEQ_SCANS`]: both statements read
+/// `processed_events` and `products` by primary key, and a plan made while `processed_events` was
+/// nearly empty otherwise hash-joins every batch against a seq scan of the whole table, for as
+/// long as the connection lives (measured: 1,409 batches read 3.5 million rows of a 5,000-row
+/// table, at 500 events/s with autovacuum off).
 pub async fn apply_events(
     conn: &mut PgConnection,
     events: &[OrderEvent],

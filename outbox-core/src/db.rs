@@ -16,6 +16,17 @@ pub static ORDERS_MIGRATOR: Migrator = sqlx::migrate!("../migrations/orders");
 /// Migrations of the `catalog` database (products, processed events), used by catalog-consumer.
 pub static CATALOG_MIGRATOR: Migrator = sqlx::migrate!("../migrations/catalog");
 
+/// Begins a transaction whose statements read tables through their indexes (`BEGIN` and the
+/// setting in one round trip), for statements that must do bounded work whatever the table
+/// holds.
+///
+/// Why: a connection keeps the generic plan it made of a prepared statement, from the table's
+/// size at that moment. Made while a table was small, or never analyzed (autovacuum off, or not
+/// yet run), that plan may be a seq scan, and it stays one as the table grows. A seq scan also
+/// reads every row deleted since the last vacuum, so on the outbox it grows with every row ever
+/// published. With seq scans off the planner takes an index wherever one fits.
+pub const BEGIN_WITHOUT_SEQ_SCANS: &str = "begin; set local enable_seqscan = off";
+
 /// A pooled connection idle for longer than this is pinged before it is handed out.
 const PING_IF_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 

@@ -126,7 +126,7 @@ impl Catalog {
             .collect();
         let mut tx = self
             .pool
-            .begin_with(stock::BEGIN_APPLY)
+            .begin_with(outbox_core::db::BEGIN_WITHOUT_SEQ_SCANS)
             .await
             .expect("begin");
         let outcomes = stock::apply_events(&mut tx, &events)
@@ -260,9 +260,10 @@ async fn the_apply_probes_processed_events_by_key_when_its_plan_was_made_on_an_e
         let events: Vec<OrderEvent> = (0..10)
             .map(|offset| order_event(Uuid::now_v7(), product, 1, offset))
             .collect();
-        let mut tx = sqlx::Connection::begin_with(&mut *conn, stock::BEGIN_APPLY)
-            .await
-            .expect("begin");
+        let mut tx =
+            sqlx::Connection::begin_with(&mut *conn, outbox_core::db::BEGIN_WITHOUT_SEQ_SCANS)
+                .await
+                .expect("begin");
         // The counter also holds this session's earlier scans not yet reported (the
         // migrations'), so the batch's are the difference.
         let before = processed_events_seq_scans(&mut tx).await;

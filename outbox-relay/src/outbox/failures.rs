@@ -143,7 +143,10 @@ pub async fn record_failures(
 /// Parks the pending rows that arrived behind a dead or parked row of their key, in the lanes of
 /// dead keys that no step holds now; returns how many. Its own short transaction.
 pub async fn park_held(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    // Through the indexes only: this runs every STATS_INTERVAL_SECS.
+    let mut tx = pool
+        .begin_with(outbox_core::db::BEGIN_WITHOUT_SEQ_SCANS)
+        .await?;
     let lanes = lock_lanes_with_blockers(&mut tx).await?;
     let parked = park_held_in(&mut tx, &lanes).await?;
     tx.commit().await?;

@@ -416,3 +416,33 @@ async fn a_step_reads_the_outbox_by_index_and_ctid_never_by_a_seq_scan() {
         tx.commit().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn status_counts_through_the_indexes_never_by_a_seq_scan() {
+    let env = TestEnv::new(1).await;
+    env.insert(&round_robin(600, 40)).await;
+    sqlx::query(
+        "update outbox set state = 'dead', attempts = 10 where id = (select min(id) from outbox)",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    for round in 0..8 {
+        let mut tx = env
+            .pool
+            .begin_with(outbox_core::db::BEGIN_WITHOUT_SEQ_SCANS)
+            .await
+            .unwrap();
+        let before = outbox_seq_scans(&mut tx).await;
+        let status = outbox_relay::outbox::status::status_in(&mut tx)
+            .await
+            .unwrap();
+        assert_eq!((status.dead, status.parked), (1, 14), "round {round}");
+        assert_eq!(
+            outbox_seq_scans(&mut tx).await - before,
+            0,
+            "round {round}: status read the outbox by a seq scan"
+        );
+        tx.commit().await.unwrap();
+    }
+}
