@@ -14,10 +14,10 @@
 //!   acknowledged, and otherwise rolls back before [`delete_published`] deletes the acknowledged
 //!   ones.
 
-use chrono::{DateTime, Utc};
-use outbox_core::{db::OUTBOX_LANES, event::CloudEvent};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use outbox_core::{db::OUTBOX_LANES, event::CloudEvent};
 use sqlx::{Executor, PgConnection, PgPool, PgTransaction};
 use uuid::Uuid;
 

@@ -102,6 +102,8 @@ impl Inner {
         conclude(outcome, settlement, recorded)
     }
 
+    /// The step's transaction (see [`claim::begin_step`]): the server ends it if it stays idle
+    /// for the delivery timeout and 30 s more.
     async fn begin_step(&self) -> Result<PgTransaction<'static>, sqlx::Error> {
         claim::begin_step(
             &self.pool,
