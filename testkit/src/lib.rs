@@ -249,6 +249,19 @@ where
     }
 }
 
+/// Seq scans of `table` counted by `conn`'s session and not yet reported to the statistics:
+/// inside one transaction, the difference between two readings is what the statements between
+/// them scanned.
+pub async fn unreported_seq_scans(conn: &mut PgConnection, table: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "select coalesce(sum(seq_scan), 0)::bigint from pg_stat_xact_user_tables
+          where relname = $1",
+    )
+    .bind(table)
+    .fetch_one(conn)
+    .await?)
+}
+
 /// The value of the unlabelled sample `name` in a Prometheus `/metrics` body.
 pub fn metric_value(body: &str, name: &str) -> Option<f64> {
     body.lines().find_map(|line| {

@@ -233,17 +233,6 @@ async fn every_stock_outcome_of_the_database_is_the_consumers_outcome_of_the_sam
     assert_eq!(names, labels, "the metric labels are the database's names");
 }
 
-/// Seq scans of `processed_events` counted by `conn`'s session and not yet reported.
-async fn processed_events_seq_scans(conn: &mut sqlx::PgConnection) -> i64 {
-    sqlx::query_scalar(
-        "select coalesce(sum(seq_scan), 0)::bigint from pg_stat_xact_user_tables
-          where relname = 'processed_events'",
-    )
-    .fetch_one(conn)
-    .await
-    .expect("seq scans")
-}
-
 #[tokio::test]
 async fn the_apply_probes_processed_events_by_key_when_its_plan_was_made_on_an_empty_table() {
     let catalog = Catalog::new().await;
@@ -266,7 +255,9 @@ async fn the_apply_probes_processed_events_by_key_when_its_plan_was_made_on_an_e
                 .expect("begin");
         // The counter also holds this session's earlier scans not yet reported (the
         // migrations'), so the batch's are the difference.
-        let before = processed_events_seq_scans(&mut tx).await;
+        let before = testkit::unreported_seq_scans(&mut tx, "processed_events")
+            .await
+            .expect("seq scans");
         let outcomes = stock::apply_events(&mut tx, &events)
             .await
             .expect("apply_events");
@@ -275,7 +266,10 @@ async fn the_apply_probes_processed_events_by_key_when_its_plan_was_made_on_an_e
             "round {round}: every event applies"
         );
         assert_eq!(
-            processed_events_seq_scans(&mut tx).await - before,
+            testkit::unreported_seq_scans(&mut tx, "processed_events")
+                .await
+                .expect("seq scans")
+                - before,
             0,
             "round {round}: the batch read processed_events by a seq scan, as a plan made on \
              an empty table does; it would read the whole table for every batch as it grows"

@@ -378,17 +378,6 @@ async fn helper_steps_run_beside_the_leading_one_only_during_a_backlog() {
     relay.stop().await;
 }
 
-/// Seq scans of `outbox` counted by `conn`'s session and not yet reported.
-async fn outbox_seq_scans(conn: &mut sqlx::PgConnection) -> i64 {
-    sqlx::query_scalar(
-        "select coalesce(sum(seq_scan), 0)::bigint from pg_stat_xact_user_tables
-          where relname = 'outbox'",
-    )
-    .fetch_one(conn)
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn a_step_reads_the_outbox_by_index_and_ctid_never_by_a_seq_scan() {
     let env = TestEnv::new(1).await;
@@ -401,7 +390,9 @@ async fn a_step_reads_the_outbox_by_index_and_ctid_never_by_a_seq_scan() {
             .unwrap();
         // The counter also holds this session's earlier scans not yet reported, so the step's
         // are the difference.
-        let before = outbox_seq_scans(&mut tx).await;
+        let before = testkit::unreported_seq_scans(&mut tx, "outbox")
+            .await
+            .unwrap();
         let lanes = claim::lock_lanes(&mut tx, 4, &[]).await.unwrap();
         let rows = claim::take_rows(&mut tx, &lanes, &[], 20).await.unwrap();
         assert!(!rows.is_empty(), "round {round}: rows taken");
@@ -409,7 +400,10 @@ async fn a_step_reads_the_outbox_by_index_and_ctid_never_by_a_seq_scan() {
         let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
         claim::delete_published(&mut tx, &ids).await.unwrap();
         assert_eq!(
-            outbox_seq_scans(&mut tx).await - before,
+            testkit::unreported_seq_scans(&mut tx, "outbox")
+                .await
+                .unwrap()
+                - before,
             0,
             "round {round}: a statement of the step read the outbox by a seq scan"
         );
@@ -433,13 +427,18 @@ async fn status_counts_through_the_indexes_never_by_a_seq_scan() {
             .begin_with(outbox_core::db::BEGIN_WITHOUT_SEQ_SCANS)
             .await
             .unwrap();
-        let before = outbox_seq_scans(&mut tx).await;
+        let before = testkit::unreported_seq_scans(&mut tx, "outbox")
+            .await
+            .unwrap();
         let status = outbox_relay::outbox::status::status_in(&mut tx)
             .await
             .unwrap();
         assert_eq!((status.dead, status.parked), (1, 14), "round {round}");
         assert_eq!(
-            outbox_seq_scans(&mut tx).await - before,
+            testkit::unreported_seq_scans(&mut tx, "outbox")
+                .await
+                .unwrap()
+                - before,
             0,
             "round {round}: status read the outbox by a seq scan"
         );
