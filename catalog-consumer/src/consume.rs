@@ -1,5 +1,6 @@
-//! The consumer loop: batches from the consumer group, the batch step retried until it is done,
-//! then the batch's offsets stored.
+//! The consumer loop: messages from the consumer group, handed by partition to apply lanes (see
+//! `lanes`); in each lane the batch step is retried until it is done, then the batch's offsets
+//! are stored.
 //!
 //! At-least-once with manual offsets: `enable.auto.offset.store=false`, and an offset is stored
 //! only after the batch's database transaction committed and its dead letters were
@@ -10,6 +11,7 @@
 //! no-op (see `stock`).
 
 use std::{
+    collections::{HashMap, VecDeque},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -23,14 +25,17 @@ use rdkafka::{
     client::ClientContext,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::KafkaError,
+    message::{Message, OwnedMessage},
     types::RDKafkaErrorCode,
     Offset, TopicPartitionList,
 };
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     batch::{Applier, Batch, Report},
     gaps::{Contiguity, Gap},
+    lanes::{InFlight, Router},
     metrics::Metrics,
     Settings,
 };
@@ -159,42 +164,68 @@ pub fn subscribe(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Group
     Ok(consumer)
 }
 
-/// Since when the batch in hand has been failing, if it has.
+/// Since when each lane's batch in hand has been failing, for the lanes whose batch is.
 #[derive(Clone, Default)]
-pub struct Stall(Arc<Mutex<Option<Instant>>>);
+pub struct Stall(Arc<Mutex<HashMap<usize, Instant>>>);
 
 impl Stall {
-    fn failing(&self) -> Duration {
+    /// `lane`'s batch failed (again); the longest any lane's batch has been failing.
+    fn failing(&self, lane: usize) -> Duration {
         let mut since = self.0.lock().expect("stall lock");
-        since.get_or_insert_with(Instant::now).elapsed()
+        since.entry(lane).or_insert_with(Instant::now);
+        Self::longest(&since)
     }
 
-    fn cleared(&self) {
-        *self.0.lock().expect("stall lock") = None;
+    /// `lane`'s batch is done; the longest any other lane's batch has been failing.
+    fn cleared(&self, lane: usize) -> Duration {
+        let mut since = self.0.lock().expect("stall lock");
+        since.remove(&lane);
+        Self::longest(&since)
+    }
+
+    fn longest(since: &HashMap<usize, Instant>) -> Duration {
+        since
+            .values()
+            .map(Instant::elapsed)
+            .max()
+            .unwrap_or_default()
     }
 
     /// The readiness check: fails while one batch has been retried for longer than `limit`.
     pub fn check(&self, limit: Duration) -> outbox_core::ops::Check {
         let stall = self.clone();
         outbox_core::ops::Check::from_fn("batch", move || {
-            match *stall.0.lock().expect("stall lock") {
-                Some(since) if since.elapsed() > limit => Err(format!(
+            let failing = Self::longest(&stall.0.lock().expect("stall lock"));
+            if failing > limit {
+                return Err(format!(
                     "one batch has been retried for {} s (database or dead-letter topic unavailable)",
-                    since.elapsed().as_secs()
-                )),
-                _ => Ok(()),
+                    failing.as_secs()
+                ));
             }
+            Ok(())
         })
     }
 }
 
-/// The loop around [`Applier::apply_batch`]: wake-up, backoff and shutdown only.
+/// Batches' worth of messages per lane that may be handed to lanes and not yet applied; beyond
+/// that the receiving waits, so a stalled lane soon stops the fetching. The consumer's queue holds
+/// each partition's fetched messages in one run (up to `max.partition.fetch.bytes`, a few
+/// thousand events), so the limit must let the receiving read past one partition's run to the
+/// next partition's, which another lane applies meanwhile.
+const IN_FLIGHT_BATCHES_PER_LANE: usize = 4;
+
+/// The loop around [`Applier::apply_batch`]: one task takes messages from the group and hands
+/// each partition's to its lane (see [`crate::lanes`]); each lane applies its batches one after
+/// the other, with backoff, and stores their offsets.
+#[derive(Clone)]
 pub struct ConsumeLoop {
     pub(crate) consumer: Arc<GroupConsumer>,
     pub(crate) applier: Applier,
     pub(crate) metrics: Metrics,
     pub(crate) batch_size: usize,
     pub(crate) batch_wait: Duration,
+    /// How many batches are applied at once, each by its own lane.
+    pub(crate) lanes: usize,
     /// Events older than this are dead-lettered, never applied (see `decode`).
     pub(crate) dedup_window: Duration,
     pub(crate) retry_max_backoff: Duration,
@@ -204,15 +235,33 @@ pub struct ConsumeLoop {
 }
 
 impl ConsumeLoop {
-    /// Consumes until `shutdown` is cancelled; then finishes the batch in hand (unless the
-    /// database is down: then it stays unapplied and unstored, for redelivery), commits the
-    /// stored offsets and leaves the group.
+    /// Consumes until `shutdown` is cancelled; then each lane finishes the batch in hand (unless
+    /// the database is down: then it stays unapplied and unstored, for redelivery), the stored
+    /// offsets are committed and the consumer leaves the group.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // Cancelled with `shutdown`, or when the receiving ends for another reason.
+        let stop_lanes = shutdown.child_token();
+        let in_flight = InFlight::default();
+        let mut senders = Vec::with_capacity(self.lanes);
+        let mut lanes = tokio::task::JoinSet::new();
+        for lane in 0..self.lanes {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            senders.push(sender);
+            let (this, stop, in_flight) = (self.clone(), stop_lanes.clone(), in_flight.clone());
+            lanes.spawn(async move { this.run_lane(lane, receiver, &stop, &in_flight).await });
+        }
+        let in_flight_limit = IN_FLIGHT_BATCHES_PER_LANE * self.lanes * self.batch_size;
+        let mut router = Router::new(self.lanes);
         let mut contiguity = Contiguity::default();
         let mut rebalances = self.consumer.context().rebalances();
-        while let Some(messages) = self.next_batch(&shutdown).await {
+        'receive: while let Some(messages) = self.next_batch(&shutdown).await {
             let now = self.consumer.context().rebalances();
             if now != rebalances {
+                // Partitions get lanes anew only once no lane holds a message of one.
+                if !in_flight.wait_idle(&shutdown).await {
+                    break;
+                }
+                router.forget();
                 contiguity.reset();
                 for (topic, partition, offset) in self.consumer.context().assigned_at() {
                     contiguity.expect(&topic, partition, offset);
@@ -220,29 +269,26 @@ impl ConsumeLoop {
                 rebalances = now;
             }
             let messages = self.close_gaps(&mut contiguity, messages);
-            if messages.is_empty() {
-                continue;
+            in_flight.handed(messages.len());
+            let mut by_lane: Vec<Vec<OwnedMessage>> = vec![Vec::new(); self.lanes];
+            for message in messages {
+                by_lane[router.lane(message.topic(), message.partition())].push(message);
             }
-            let mut batch = Batch::new(messages, self.dedup_window);
-            let Some(report) = self.apply_until_done(&mut batch, &shutdown).await else {
-                tracing::warn!(
-                    messages = batch.len(),
-                    "stopping with a batch not applied; it will be redelivered"
-                );
-                break;
-            };
-            tracing::debug!(
-                messages = batch.len(),
-                dead_lettered = report.dead_lettered,
-                "batch applied"
-            );
-            #[cfg(feature = "test-hooks")]
-            if self.hold_offsets_after_commit {
-                tracing::warn!("test hook: holding offsets after the database commit");
-                shutdown.cancelled().await;
+            for (sender, messages) in senders.iter().zip(by_lane) {
+                if !messages.is_empty() && sender.send(messages).is_err() {
+                    break 'receive;
+                }
+            }
+            if !in_flight.wait_below(in_flight_limit, &shutdown).await {
                 break;
             }
-            self.store_offsets(&batch);
+        }
+        // A lane stops after the batch in hand; what it was given beyond that is not stored, so
+        // it is redelivered.
+        stop_lanes.cancel();
+        drop(senders);
+        while let Some(lane) = lanes.join_next().await {
+            lane?;
         }
         let consumer = self.consumer;
         // Committing and closing block on the broker: off the async threads.
@@ -256,16 +302,71 @@ impl ConsumeLoop {
         Ok(())
     }
 
+    /// One lane: takes up to a batch of what it was given, applies it until done, stores its
+    /// offsets, and again, until shutdown.
+    async fn run_lane(
+        &self,
+        lane: usize,
+        mut receiver: mpsc::UnboundedReceiver<Vec<OwnedMessage>>,
+        shutdown: &CancellationToken,
+        in_flight: &InFlight,
+    ) {
+        let mut pending: VecDeque<OwnedMessage> = VecDeque::new();
+        loop {
+            if pending.is_empty() {
+                tokio::select! {
+                    // Shutdown wins over a ready message: the batch in hand was the last one.
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    received = receiver.recv() => match received {
+                        Some(messages) => pending.extend(messages),
+                        None => return,
+                    },
+                }
+            }
+            while pending.len() < self.batch_size {
+                match receiver.try_recv() {
+                    Ok(messages) => pending.extend(messages),
+                    Err(_) => break,
+                }
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let taken = pending.len().min(self.batch_size);
+            let mut batch = Batch::new(pending.drain(..taken).collect(), self.dedup_window);
+            let Some(report) = self.apply_until_done(lane, &mut batch, shutdown).await else {
+                tracing::warn!(
+                    lane,
+                    messages = batch.len(),
+                    "stopping with a batch not applied; it will be redelivered"
+                );
+                return;
+            };
+            tracing::debug!(
+                lane,
+                messages = batch.len(),
+                dead_lettered = report.dead_lettered,
+                "batch applied"
+            );
+            #[cfg(feature = "test-hooks")]
+            if self.hold_offsets_after_commit {
+                tracing::warn!("test hook: holding offsets after the database commit");
+                shutdown.cancelled().await;
+                return;
+            }
+            self.store_offsets(&batch);
+            in_flight.finished(batch.len());
+        }
+    }
+
     /// Waits for a first message (or shutdown), then takes every message already fetched, up to
     /// the batch size, and, when `batch_wait` is set, waits that long at most for more.
     ///
     /// Batches size themselves to the load: while one is applied the next one's messages
     /// accumulate in librdkafka's queue, so an idle consumer applies a single message at once and
     /// a busy one applies large batches.
-    async fn next_batch(
-        &self,
-        shutdown: &CancellationToken,
-    ) -> Option<Vec<rdkafka::message::OwnedMessage>> {
+    async fn next_batch(&self, shutdown: &CancellationToken) -> Option<Vec<OwnedMessage>> {
         let mut messages = Vec::new();
         while messages.is_empty() {
             tokio::select! {
@@ -309,9 +410,8 @@ impl ConsumeLoop {
     fn close_gaps(
         &self,
         contiguity: &mut Contiguity,
-        messages: Vec<rdkafka::message::OwnedMessage>,
-    ) -> Vec<rdkafka::message::OwnedMessage> {
-        use rdkafka::Message;
+        messages: Vec<OwnedMessage>,
+    ) -> Vec<OwnedMessage> {
         let positions: Vec<(&str, i32, i64)> = messages
             .iter()
             .map(|m| (m.topic(), m.partition(), m.offset()))
@@ -376,6 +476,7 @@ impl ConsumeLoop {
     /// Retries the batch with backoff until it is done; `None` when shutdown came first.
     async fn apply_until_done(
         &self,
+        lane: usize,
         batch: &mut Batch,
         shutdown: &CancellationToken,
     ) -> Option<Report> {
@@ -384,12 +485,14 @@ impl ConsumeLoop {
         loop {
             match self.applier.apply_batch(batch).await {
                 Ok(report) => {
-                    self.stall.cleared();
-                    self.metrics.batch_retrying_seconds.set(0.0);
+                    let failing = self.stall.cleared(lane);
+                    self.metrics
+                        .batch_retrying_seconds
+                        .set(failing.as_secs_f64());
                     return Some(report);
                 }
                 Err(error) => {
-                    let failing = self.stall.failing();
+                    let failing = self.stall.failing(lane);
                     self.metrics
                         .batch_retrying_seconds
                         .set(failing.as_secs_f64());
@@ -399,6 +502,7 @@ impl ConsumeLoop {
                         .inc();
                     let wait = backoff.next_backoff().unwrap_or(self.retry_max_backoff);
                     tracing::warn!(
+                        lane,
                         error = format!("{:#}", anyhow::Error::from(error)),
                         retry_in_ms = wait.as_millis() as u64,
                         messages = batch.len(),

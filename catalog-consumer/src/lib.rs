@@ -9,6 +9,7 @@ pub mod consume;
 pub mod decode;
 pub mod dlq;
 pub mod gaps;
+pub mod lanes;
 mod metrics;
 mod routes;
 pub mod stock;
@@ -123,8 +124,13 @@ pub struct Settings {
     #[arg(long, env = "DLQ_MESSAGE_MAX_BYTES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1_000..=1_000_000_000))]
     pub dlq_message_max_bytes: u32,
     /// Most messages applied in one database transaction.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
+    /// How many batches are applied at once, each in its own database transaction, on disjoint
+    /// sets of partitions (a partition is applied in order by one lane at a time). More lanes use
+    /// more database connections and cores; 1 applies one batch at a time.
+    #[arg(long, env = "APPLY_LANES", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub apply_lanes: u32,
     /// Longest extra wait, in milliseconds, for a batch to fill once its first message arrived.
     /// 0 (the default): a batch is what has arrived by then, so an idle consumer applies a
     /// message at once and a busy one applies large batches.
@@ -284,6 +290,7 @@ impl Consumer {
             metrics,
             batch_size: settings.batch_size as usize,
             batch_wait: Duration::from_millis(settings.batch_wait_ms),
+            lanes: settings.apply_lanes as usize,
             retry_max_backoff: Duration::from_millis(settings.retry_max_backoff_ms.max(100)),
             #[cfg(feature = "test-hooks")]
             hold_offsets_after_commit: settings.test_hold_offsets,

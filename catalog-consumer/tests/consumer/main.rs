@@ -8,6 +8,7 @@ mod catalog_http;
 mod database_outage;
 mod dead_letters;
 mod duplicates;
+mod lanes;
 mod oversell;
 mod process;
 mod rebalance;

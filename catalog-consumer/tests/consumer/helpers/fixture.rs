@@ -50,7 +50,7 @@ impl Fixture {
         settings.http_addr = "127.0.0.1:0".into();
         settings.database_url = self.database_url.clone();
         settings.pool.db_acquire_timeout_secs = 1;
-        settings.pool.db_max_connections = 4;
+        settings.pool.db_max_connections = 8;
         settings.kafka.kafka_brokers = self.brokers.clone();
         settings.order_events_topic = self.topic.clone();
         settings.dlq_topic = self.dlq_topic.clone();
