@@ -363,9 +363,9 @@ impl ConsumeLoop {
     /// Waits for a first message (or shutdown), then takes every message already fetched, up to
     /// the batch size, and, when `batch_wait` is set, waits that long at most for more.
     ///
-    /// Batches size themselves to the load: while one is applied the next one's messages
-    /// accumulate in librdkafka's queue, so an idle consumer applies a single message at once and
-    /// a busy one applies large batches.
+    /// Batches size themselves to the load: while a lane applies one, the next one's messages
+    /// accumulate in its queue, so an idle consumer applies a single message at once and a busy
+    /// one applies large batches.
     async fn next_batch(&self, shutdown: &CancellationToken) -> Option<Vec<OwnedMessage>> {
         let mut messages = Vec::new();
         while messages.is_empty() {
