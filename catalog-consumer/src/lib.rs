@@ -195,6 +195,14 @@ impl Settings {
     /// Refuses settings that cannot work, naming the variable.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.kafka.validate()?;
+        if self.apply_lanes > self.pool.db_max_connections {
+            anyhow::bail!(
+                "APPLY_LANES ({}) must not exceed DB_MAX_CONNECTIONS ({}): each lane holds a \
+                 database connection while it applies a batch",
+                self.apply_lanes,
+                self.pool.db_max_connections
+            );
+        }
         if self.dedup_window_margin >= self.processed_events_retention {
             anyhow::bail!(
                 "DEDUP_WINDOW_MARGIN ({}) must be shorter than PROCESSED_EVENTS_RETENTION ({}): \

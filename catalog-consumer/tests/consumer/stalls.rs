@@ -132,6 +132,9 @@ fn settings_that_would_wedge_the_consumer_are_refused_at_start_up_naming_the_set
         ("BATCH_SIZE", "0"),
         ("FETCH_WAIT_MAX_MS", "0"),
         ("STALLED_AFTER_SECS", "0"),
+        ("APPLY_LANES", "0"),
+        // More lanes than the pool's connections (10 by default).
+        ("APPLY_LANES", "11"),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_catalog-consumer"))
             .env_clear()
