@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 /// Which lane applies each partition seen since the last rebalance.
 #[derive(Debug)]
 pub struct Router {
-    lanes: usize,
-    lane_of: HashMap<(String, i32), usize>,
-    /// How many partitions each lane holds.
+    /// Topic → partition → lane; looked up for every message received, without allocating.
+    lane_of: HashMap<String, HashMap<i32, usize>>,
+    /// How many partitions each lane holds (one entry per lane).
     load: Vec<usize>,
 }
 
@@ -26,7 +26,6 @@ impl Router {
     pub fn new(lanes: usize) -> Self {
         assert!(lanes > 0, "at least one lane");
         Self {
-            lanes,
             lane_of: HashMap::new(),
             load: vec![0; lanes],
         }
@@ -35,14 +34,21 @@ impl Router {
     /// The lane of a partition: the one it was given, or else the lane holding the fewest
     /// partitions (the first such), which it then keeps until [`Router::forget`].
     pub fn lane(&mut self, topic: &str, partition: i32) -> usize {
-        if let Some(lane) = self.lane_of.get(&(topic.to_owned(), partition)) {
+        if let Some(lane) = self
+            .lane_of
+            .get(topic)
+            .and_then(|lanes| lanes.get(&partition))
+        {
             return *lane;
         }
-        let lane = (0..self.lanes)
+        let lane = (0..self.load.len())
             .min_by_key(|lane| self.load[*lane])
             .expect("at least one lane");
         self.load[lane] += 1;
-        self.lane_of.insert((topic.to_owned(), partition), lane);
+        self.lane_of
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(partition, lane);
         lane
     }
 
