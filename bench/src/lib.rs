@@ -7,6 +7,7 @@
 
 pub mod cpu;
 pub mod fill;
+pub mod http1;
 pub mod infra;
 pub mod kafka;
 pub mod pgbench;

@@ -221,7 +221,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
         ),
     );
     let meter = CpuMeter::start();
-    let offered = load::open_loop(&bench.http, &api.base_url(), rate, seconds, products).await?;
+    let offered = load::open_loop(&api.base_url(), rate, seconds, products).await?;
     let cpu = meter.stop();
     anyhow::ensure!(
         !offered.placed.is_empty(),

@@ -1,0 +1,155 @@
+//! A lean HTTP/1.1 client for the load generator: one keep-alive connection per caller, one
+//! request at a time, the request written in one piece and the answer read with `httparse`.
+//!
+//! The load shares the two cores with what it measures, so what it costs per order is taken
+//! from order-api and PostgreSQL. reqwest (its pool, hyper's state machines, a task per
+//! connection) cost the load generator 0.17 cores at 1,000 orders/s; pgbench, the ceiling's own
+//! client, is a lean C loop. This is the same kind of loop, as wrk and oha are.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// Headers an answer may carry (order-api sends about five).
+const MAX_HEADERS: usize = 32;
+
+/// An answer: its status and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// One keep-alive connection to an HTTP/1.1 server.
+pub struct Connection {
+    stream: TcpStream,
+    host: String,
+    /// Bytes read and not yet consumed (an answer's head and body arrive in any pieces).
+    read: Vec<u8>,
+    /// The request being written, reused.
+    request: Vec<u8>,
+}
+
+impl Connection {
+    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            host: addr.to_string(),
+            read: Vec::with_capacity(4096),
+            request: Vec::with_capacity(512),
+        })
+    }
+
+    /// `POST path` with a JSON body; fails after `timeout` (the connection is then unusable:
+    /// drop it).
+    pub async fn post_json(
+        &mut self,
+        path: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> anyhow::Result<Answer> {
+        tokio::time::timeout(timeout, self.exchange(path, body))
+            .await
+            .with_context(|| format!("no answer within {timeout:?}"))?
+    }
+
+    async fn exchange(&mut self, path: &str, body: &[u8]) -> anyhow::Result<Answer> {
+        use std::io::Write;
+        self.request.clear();
+        write!(
+            self.request,
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        )?;
+        self.request.extend_from_slice(body);
+        self.stream.write_all(&self.request).await?;
+        self.read_answer().await
+    }
+
+    async fn read_answer(&mut self) -> anyhow::Result<Answer> {
+        loop {
+            if let Some((head_len, status, body_len)) = parse_head(&self.read)? {
+                while self.read.len() < head_len + body_len {
+                    self.fill().await?;
+                }
+                let body = self.read[head_len..head_len + body_len].to_vec();
+                self.read.drain(..head_len + body_len);
+                return Ok(Answer { status, body });
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn fill(&mut self) -> anyhow::Result<()> {
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "the server closed the connection");
+        self.read.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}
+
+/// `(head length, status, body length)` once the whole head is in `bytes`.
+fn parse_head(bytes: &[u8]) -> anyhow::Result<Option<(usize, u16, usize)>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let head_len = match response.parse(bytes).context("malformed HTTP answer")? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let status = response.code.context("no status")?;
+    let mut body_len = None;
+    for header in response.headers.iter() {
+        if header.name.eq_ignore_ascii_case("content-length") {
+            body_len = Some(std::str::from_utf8(header.value)?.trim().parse::<usize>()?);
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            anyhow::bail!("chunked answers are not read by this client");
+        }
+    }
+    Ok(Some((head_len, status, body_len.unwrap_or(0))))
+}
+
+/// Runs `work` on a thread of its own with a single-threaded runtime, so the load takes at most
+/// one core and no wake-up crosses threads, and waits for it from this runtime.
+pub async fn on_own_thread<F, Fut, T>(work: F) -> anyhow::Result<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bench-load".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot build the load's runtime")
+                .and_then(|runtime| runtime.block_on(work()));
+            let _ = tx.send(result);
+        })?;
+    rx.await.context("the load's thread ended without a result")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_is_read_once_complete_with_its_body_length() {
+        let answer = b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\nlocation: /orders/x\r\n\r\n{}";
+        assert_eq!(parse_head(&answer[..20]).unwrap(), None);
+        let head_len = answer.len() - 2;
+        assert_eq!(parse_head(answer).unwrap(), Some((head_len, 201, 2)));
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").is_err());
+    }
+}
