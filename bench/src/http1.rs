@@ -137,7 +137,8 @@ where
                 .and_then(|runtime| runtime.block_on(work()));
             let _ = tx.send(result);
         })?;
-    rx.await.context("the load's thread ended without a result")?
+    rx.await
+        .context("the load's thread ended without a result")?
 }
 
 #[cfg(test)]

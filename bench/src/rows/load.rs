@@ -200,8 +200,7 @@ pub async fn open_loop(
         for i in 0..offered {
             let scheduled = start + period.mul_f64(i as f64);
             tokio::time::sleep_until(scheduled).await;
-            max_lag =
-                max_lag.max(tokio::time::Instant::now().saturating_duration_since(scheduled));
+            max_lag = max_lag.max(tokio::time::Instant::now().saturating_duration_since(scheduled));
             let body = serde_json::to_vec(&order_body(products, &mut rng))?;
             let idle = idle.clone();
             tasks.push(tokio::spawn(async move {
