@@ -6,7 +6,10 @@
 //! connection) cost the load generator 0.17 cores at 1,000 orders/s; pgbench, the ceiling's own
 //! client, is a lean C loop. This is the same kind of loop, as wrk and oha are.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use tokio::{
@@ -16,6 +19,10 @@ use tokio::{
 
 /// Headers an answer may carry (order-api sends about five).
 const MAX_HEADERS: usize = 32;
+
+/// A connection idle longer than this is not reused: actix-web closes keep-alive connections
+/// idle for 5 s, and a request written into one that is closing fails.
+pub const REUSE_WITHIN: Duration = Duration::from_secs(2);
 
 /// An answer: its status and body.
 #[derive(Debug)]
@@ -32,6 +39,8 @@ pub struct Connection {
     read: Vec<u8>,
     /// The request being written, reused.
     request: Vec<u8>,
+    /// When the last answer was read (or the connection made).
+    idle_since: Instant,
 }
 
 impl Connection {
@@ -45,7 +54,13 @@ impl Connection {
             host: addr.to_string(),
             read: Vec::with_capacity(4096),
             request: Vec::with_capacity(512),
+            idle_since: Instant::now(),
         })
+    }
+
+    /// Whether the connection was idle for less than [`REUSE_WITHIN`].
+    pub fn fresh(&self) -> bool {
+        self.idle_since.elapsed() < REUSE_WITHIN
     }
 
     /// `POST path` with a JSON body; fails after `timeout` (the connection is then unusable:
@@ -83,6 +98,7 @@ impl Connection {
                 }
                 let body = self.read[head_len..head_len + body_len].to_vec();
                 self.read.drain(..head_len + body_len);
+                self.idle_since = Instant::now();
                 return Ok(Answer { status, body });
             }
             self.fill().await?;

@@ -206,6 +206,11 @@ pub async fn open_loop(
             tasks.push(tokio::spawn(async move {
                 let sent = Instant::now();
                 let mut connection = idle.lock().expect("not poisoned").pop();
+                // Idle ones are dropped (the stack's bottom, after a slow spell).
+                if connection.as_ref().is_some_and(|c| !c.fresh()) {
+                    idle.lock().expect("not poisoned").clear();
+                    connection = None;
+                }
                 let result = post_order(addr, &mut connection, &body)
                     .await
                     .and_then(|answer| Ok(serde_json::from_slice::<PlacedOrder>(&answer)?));

@@ -412,6 +412,47 @@ async fn a_step_reads_the_outbox_by_index_and_ctid_never_by_a_seq_scan() {
 }
 
 #[tokio::test]
+async fn the_relays_sessions_never_jit_compile_its_claim() {
+    let env = TestEnv::new(1).await;
+    env.insert(&round_robin(600, 40)).await;
+    // The services' pool, as the relay makes it.
+    let pool = outbox_core::db::connect(
+        &env.database_url,
+        &outbox_core::settings::PoolSettings::default(),
+        "outbox-relay",
+        &outbox_core::db::ORDERS_MIGRATOR,
+    )
+    .await
+    .unwrap();
+    let mut tx = claim::begin_step(&pool, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let jit: String = sqlx::query_scalar("show jit")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(jit, "off");
+    // Even a statement whose cost passes any threshold is not compiled.
+    sqlx::query("set local jit_above_cost = 0")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let lanes = claim::lock_lanes(&mut tx, 4, &[]).await.unwrap();
+    let plan: serde_json::Value = sqlx::query_scalar(
+        "explain (analyze, format json) select count(*) from outbox where lane = any($1)",
+    )
+    .bind(&lanes)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert!(
+        plan[0].get("JIT").is_none(),
+        "the statement was JIT-compiled: {plan}"
+    );
+    tx.rollback().await.unwrap();
+}
+
+#[tokio::test]
 async fn status_counts_through_the_indexes_never_by_a_seq_scan() {
     let env = TestEnv::new(1).await;
     env.insert(&round_robin(600, 40)).await;
