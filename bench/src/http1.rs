@@ -29,6 +29,8 @@ pub const REUSE_WITHIN: Duration = Duration::from_secs(2);
 pub struct Answer {
     pub status: u16,
     pub body: Vec<u8>,
+    /// The server said `connection: close`: the connection must not be used again.
+    pub closing: bool,
 }
 
 /// One keep-alive connection to an HTTP/1.1 server.
@@ -92,14 +94,24 @@ impl Connection {
 
     async fn read_answer(&mut self) -> anyhow::Result<Answer> {
         loop {
-            if let Some((head_len, status, body_len)) = parse_head(&self.read)? {
+            if let Some(Head {
+                len: head_len,
+                status,
+                body_len,
+                closing,
+            }) = parse_head(&self.read)?
+            {
                 while self.read.len() < head_len + body_len {
                     self.fill().await?;
                 }
                 let body = self.read[head_len..head_len + body_len].to_vec();
                 self.read.drain(..head_len + body_len);
                 self.idle_since = Instant::now();
-                return Ok(Answer { status, body });
+                return Ok(Answer {
+                    status,
+                    body,
+                    closing,
+                });
             }
             self.fill().await?;
         }
@@ -114,24 +126,41 @@ impl Connection {
     }
 }
 
-/// `(head length, status, body length)` once the whole head is in `bytes`.
-fn parse_head(bytes: &[u8]) -> anyhow::Result<Option<(usize, u16, usize)>> {
+/// An answer's head.
+#[derive(Debug, PartialEq, Eq)]
+struct Head {
+    /// Its length in bytes, up to the body.
+    len: usize,
+    status: u16,
+    body_len: usize,
+    closing: bool,
+}
+
+/// The answer's head, once all of it is in `bytes`.
+fn parse_head(bytes: &[u8]) -> anyhow::Result<Option<Head>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(bytes).context("malformed HTTP answer")? {
+    let len = match response.parse(bytes).context("malformed HTTP answer")? {
         httparse::Status::Complete(n) => n,
         httparse::Status::Partial => return Ok(None),
     };
     let status = response.code.context("no status")?;
-    let mut body_len = None;
+    let (mut body_len, mut closing) = (None, false);
     for header in response.headers.iter() {
         if header.name.eq_ignore_ascii_case("content-length") {
             body_len = Some(std::str::from_utf8(header.value)?.trim().parse::<usize>()?);
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             anyhow::bail!("chunked answers are not read by this client");
+        } else if header.name.eq_ignore_ascii_case("connection") {
+            closing = header.value.eq_ignore_ascii_case(b"close");
         }
     }
-    Ok(Some((head_len, status, body_len.unwrap_or(0))))
+    Ok(Some(Head {
+        len,
+        status,
+        body_len: body_len.unwrap_or(0),
+        closing,
+    }))
 }
 
 /// Runs `work` on a thread of its own with a single-threaded runtime, so the load takes at most
@@ -162,11 +191,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_head_is_read_once_complete_with_its_body_length() {
+    fn a_head_is_read_once_complete_with_its_body_length_and_whether_the_server_closes() {
         let answer = b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\nlocation: /orders/x\r\n\r\n{}";
         assert_eq!(parse_head(&answer[..20]).unwrap(), None);
-        let head_len = answer.len() - 2;
-        assert_eq!(parse_head(answer).unwrap(), Some((head_len, 201, 2)));
+        let head = Head {
+            len: answer.len() - 2,
+            status: 201,
+            body_len: 2,
+            closing: false,
+        };
+        assert_eq!(parse_head(answer).unwrap(), Some(head));
+        let closing = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+        assert!(parse_head(closing).unwrap().unwrap().closing);
         assert!(parse_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").is_err());
     }
 }

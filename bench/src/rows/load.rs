@@ -88,7 +88,9 @@ async fn post_order(
         None => http1::Connection::connect(addr).await?,
     };
     let answer = open.post_json("/orders", body, ORDER_TIMEOUT).await?;
-    *connection = Some(open);
+    if !answer.closing {
+        *connection = Some(open);
+    }
     anyhow::ensure!(
         answer.status == 201,
         "POST /orders answered {}: {}",
