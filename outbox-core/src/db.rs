@@ -4,7 +4,7 @@ use anyhow::Context;
 use sqlx::{
     migrate::Migrator,
     postgres::{PgConnectOptions, PgPoolOptions},
-    Connection, PgPool,
+    Connection, Executor, PgPool,
 };
 
 use crate::settings::PoolSettings;
@@ -49,12 +49,6 @@ pub async fn connect(
         Some(_) => options,
         None => options.application_name(application_name),
     };
-    // No JIT compilation in these sessions (a startup option: no round trip). PostgreSQL
-    // compiles a statement whose estimated cost passes `jit_above_cost`, and the relay's claim
-    // of 2,000 rows passes it in the custom plans of a connection's first five runs: 110-170 ms
-    // of compiling for a statement that runs in 6-10 ms. Every statement here is short; none
-    // gains from JIT.
-    let options = options.options([("jit", "off")]);
     let target = describe(&options);
     let pool = PgPoolOptions::new()
         .max_connections(settings.db_max_connections)
@@ -63,6 +57,18 @@ pub async fn connect(
         // and per relay step. A connection busy moments ago is alive; one idle for a while
         // (the server may have restarted meanwhile) is still checked.
         .test_before_acquire(false)
+        // No JIT compilation in these sessions. PostgreSQL compiles a statement whose estimated
+        // cost passes `jit_above_cost`, and the relay's claim of 2,000 rows passes it in the
+        // custom plans of a connection's first five runs: 110-170 ms of compiling for a
+        // statement that runs in 6-10 ms. Every statement here is short; none gains from JIT.
+        // A `SET` once per connection rather than the `options` startup parameter, which
+        // PgBouncer refuses unless told to ignore it.
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                conn.execute("set jit = off").await?;
+                Ok(())
+            })
+        })
         .before_acquire(|conn, meta| {
             Box::pin(async move {
                 if meta.idle_for > PING_IF_IDLE_FOR {
