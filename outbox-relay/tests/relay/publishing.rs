@@ -412,6 +412,46 @@ async fn a_step_reads_the_outbox_by_index_and_ctid_never_by_a_seq_scan() {
 }
 
 #[tokio::test]
+async fn a_step_plans_its_statements_for_their_lanes_and_commits_synchronously() {
+    let env = TestEnv::new(1).await;
+    env.insert(&round_robin(600, 40)).await;
+    let mut tx = claim::begin_step(&env.pool, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let (plans, commits): (String, String) = sqlx::query_as(
+        "select current_setting('plan_cache_mode'), current_setting('synchronous_commit')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    // A generic plan knows neither the lanes nor the per-lane limit (32 µs of server CPU per
+    // row instead of 18 in a long drain); an asynchronous commit leaves the deleted rows
+    // unmarked, so later steps visit them again.
+    assert_eq!(plans, "force_custom_plan");
+    assert_eq!(commits, "on");
+    let plans_of_the_take = "select coalesce(sum(generic_plans), 0)::bigint,
+                                    coalesce(sum(custom_plans), 0)::bigint
+                               from pg_prepared_statements
+                              where statement like '%picked as materialized%'
+                                and statement not like '%pg_prepared_statements%'";
+    let mut runs = Vec::new();
+    // Past the five runs after which PostgreSQL may switch a statement to a generic plan.
+    for _ in 0..8 {
+        let lanes = claim::lock_lanes(&mut tx, 4, &[]).await.unwrap();
+        claim::take_rows(&mut tx, &lanes, &[], 10).await.unwrap();
+        let plans: (i64, i64) = sqlx::query_as(plans_of_the_take)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        runs.push(plans);
+    }
+    // Every run planned for its own parameters.
+    let expected: Vec<(i64, i64)> = (1..=8).map(|n| (0, n)).collect();
+    assert_eq!(runs, expected);
+    tx.rollback().await.unwrap();
+}
+
+#[tokio::test]
 async fn the_relays_sessions_never_jit_compile_its_claim() {
     let env = TestEnv::new(1).await;
     env.insert(&round_robin(600, 40)).await;
