@@ -41,7 +41,8 @@ outbox_core::service_cli!(
 pub enum Command {
     /// Run the relay (the default).
     Run(Box<Settings>),
-    /// Print one JSON object: {"pending", "dead", "parked", "oldest_pending_age_seconds"}.
+    /// Print one JSON object: {"pending", "pending_estimated", "dead", "parked",
+    /// "oldest_pending_age_seconds"}; pending is exact up to 10,000 rows, estimated above.
     Status(AdminSettings),
     /// Put dead rows (and the rows parked behind them) back to pending, in order. Prints
     /// {"requeued", "older_than_dedup_window"}. Refuses rows older than the consumer's dedup

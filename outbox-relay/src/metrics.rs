@@ -39,7 +39,8 @@ impl Metrics {
         let metrics = Self {
             pending_rows: IntGauge::new(
                 "outbox_relay_pending_rows",
-                "Outbox rows waiting to be published (refreshed periodically).",
+                "Outbox rows waiting to be published (refreshed periodically; exact up to 10,000, \
+                 estimated from the table statistics above).",
             )?,
             dead_rows: IntGauge::new(
                 "outbox_relay_dead_rows",

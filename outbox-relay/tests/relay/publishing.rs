@@ -493,6 +493,38 @@ async fn the_relays_sessions_never_jit_compile_its_claim() {
 }
 
 #[tokio::test]
+async fn status_estimates_a_large_backlog_instead_of_counting_it() {
+    use outbox_relay::outbox::status::{status, EXACT_PENDING_UP_TO};
+    let env = TestEnv::new(1).await;
+    env.insert(&round_robin(30, 3)).await;
+    let small = status(&env.pool).await.unwrap();
+    assert_eq!((small.pending, small.pending_estimated), (30, false));
+
+    let backlog = EXACT_PENDING_UP_TO + 2_000;
+    sqlx::query(
+        "insert into outbox (event_id, topic, partition_key, event_type, source, subject, payload)
+         select gen_random_uuid(), $1, 'key-' || (i % 50), 'order.placed.v1', '/order-api',
+                'order/' || i, '{}'::jsonb
+           from generate_series(1, $2::bigint - 30) as i",
+    )
+    .bind(&env.topic)
+    .bind(backlog)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    // The table statistics reach the server within a second or so of the insert.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let large = loop {
+        let large = status(&env.pool).await.unwrap();
+        if large.pending == backlog || Instant::now() > deadline {
+            break large;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((large.pending, large.pending_estimated), (backlog, true));
+}
+
+#[tokio::test]
 async fn status_counts_through_the_indexes_never_by_a_seq_scan() {
     let env = TestEnv::new(1).await;
     env.insert(&round_robin(600, 40)).await;
