@@ -302,6 +302,7 @@ mod tests {
     fn row(id: i64, key: &str) -> ClaimedRow {
         ClaimedRow {
             id,
+            lane: 0,
             event_id: Uuid::now_v7(),
             topic: "t".into(),
             partition_key: key.into(),

@@ -46,6 +46,7 @@ struct Inner {
     partitions: Arc<PartitionHealth>,
     held: held::HeldKeys,
     busy_lanes: step::BusyLanes,
+    backlogged_lanes: step::BackloggedLanes,
 }
 
 impl Inner {
@@ -107,6 +108,7 @@ impl Relay {
                 partitions: Arc::new(PartitionHealth::default()),
                 held: held::HeldKeys::default(),
                 busy_lanes: step::BusyLanes::default(),
+                backlogged_lanes: step::BackloggedLanes::default(),
             }),
             http,
         })

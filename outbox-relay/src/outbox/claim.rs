@@ -29,6 +29,8 @@ pub const LANE_LOCK_NAMESPACE: i32 = 0x6f62_7278;
 #[derive(Debug, Clone)]
 pub struct ClaimedRow {
     pub id: i64,
+    /// The row's lane (of [`OUTBOX_LANES`]), from its key.
+    pub lane: i16,
     pub event_id: Uuid,
     pub topic: String,
     pub partition_key: String,
@@ -110,6 +112,11 @@ pub async fn begin_step(
 /// has nothing to do in. The random order is materialized first, so the probe and the lock run
 /// row by row under the limit instead of for every lane before a sort.
 ///
+/// `backlogged` lanes (those whose last take gave its full share, see [`full_lanes`]) are tried
+/// first and locked without a probe: during a drain they almost surely have rows, and the probe
+/// would walk the same deleted entries the take walks again just after (measured: 3-7 ms of a
+/// 2,000-row step's 35). A backlogged lane that turns out empty costs the take one index probe.
+///
 /// This must be its own statement, before [`take_rows`]: a statement's snapshot is taken when it
 /// starts, so rows read in the statement that took the lock could predate the commit of the
 /// relay that held the lane just before, and be published twice.
@@ -117,17 +124,19 @@ pub async fn lock_lanes(
     conn: &mut PgConnection,
     max_lanes: i64,
     skip: &[i32],
+    backlogged: &[i32],
 ) -> Result<Vec<i32>, sqlx::Error> {
     sqlx::query_scalar!(
         r#"with candidates as materialized (
-             select l.lane
+             select l.lane, l.lane = any($5::int[]) as backlogged
                from generate_series(0, $2 - 1) as l(lane)
               where l.lane <> all($4::int[])
-              order by random()
+              order by 2 desc, random()
          )
          select c.lane as "lane!"
            from candidates c
           where case
+                  when c.backlogged then pg_try_advisory_xact_lock($1, c.lane)
                   when (select true from outbox o
                          where o.lane = c.lane
                            and o.state = 'pending'
@@ -141,10 +150,33 @@ pub async fn lock_lanes(
         LANE_LOCK_NAMESPACE,
         OUTBOX_LANES,
         max_lanes,
-        skip
+        skip,
+        backlogged
     )
     .fetch_all(conn)
     .await
+}
+
+/// Each lane's share of a take of `limit` rows over `lanes` lanes (rounded up).
+fn lane_share(limit: i64, lanes: usize) -> i64 {
+    let lanes = lanes.max(1) as i64;
+    (limit + lanes - 1) / lanes
+}
+
+/// The lanes of `lanes` that gave [`take_rows`] (called with `limit`) their full share: they
+/// most likely hold more rows.
+pub fn full_lanes(lanes: &[i32], rows: &[ClaimedRow], limit: i64) -> Vec<i32> {
+    let share = lane_share(limit, lanes.len());
+    lanes
+        .iter()
+        .copied()
+        .filter(|lane| {
+            rows.iter()
+                .filter(|row| i32::from(row.lane) == *lane)
+                .count() as i64
+                >= share
+        })
+        .collect()
 }
 
 /// Locks every lane of `lanes` for the rest of the transaction, waiting for the relays' steps
@@ -186,8 +218,7 @@ pub async fn take_rows(
     if lanes.is_empty() || limit <= 0 {
         return Ok(Vec::new());
     }
-    let lanes_n = lanes.len() as i64;
-    let per_lane = (limit + lanes_n - 1) / lanes_n;
+    let per_lane = lane_share(limit, lanes.len());
     conn.execute("savepoint taken").await?;
     // The statement's shape keeps its plan whatever the table's statistics say (a freshly
     // filled or never analyzed outbox has none): each lane is read through its own
@@ -230,7 +261,7 @@ pub async fn take_rows(
          delete from outbox o
           using picked p
           where o.ctid = p.row_ctid
-         returning o.id, o.event_id, o.topic, o.partition_key, o.event_type, o.source,
+         returning o.id, o.lane, o.event_id, o.topic, o.partition_key, o.event_type, o.source,
                    o.subject, o.payload::text as "payload!", o.traceparent, o.tracestate,
                    o.attempts, o.created_at"#,
         lanes,

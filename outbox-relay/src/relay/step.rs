@@ -9,9 +9,16 @@
 //! - Rows of keys this relay holds back (see `held`) are not claimed, and rows of keys whose
 //!   partition is unavailable are not sent, so no later row of a key overtakes an earlier one.
 
-use std::{collections::HashSet, sync::Mutex, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+    time::Duration,
+};
 
-use outbox_core::kafka::FailureKind;
+use outbox_core::{db::OUTBOX_LANES, kafka::FailureKind};
 use sqlx::{PgConnection, PgTransaction};
 
 use super::Inner;
@@ -59,7 +66,13 @@ impl Inner {
     pub(super) async fn publish_batch(&self) -> Result<BatchOutcome, RelayError> {
         let mut tx = self.begin_step().await?;
         let max_lanes = i64::from(self.settings.max_lanes_per_batch.max(1));
-        let lanes = claim::lock_lanes(&mut tx, max_lanes, &self.busy_lanes.all()).await?;
+        let lanes = claim::lock_lanes(
+            &mut tx,
+            max_lanes,
+            &self.busy_lanes.all(),
+            &self.backlogged_lanes.all(),
+        )
+        .await?;
         // Declared after the transaction, so dropped before it: at worst another step probes a
         // lane a moment before its lock is released, and does not get it.
         let _busy = self.busy_lanes.hold(&lanes);
@@ -121,6 +134,8 @@ impl Inner {
     ) -> Result<Vec<ClaimedRow>, sqlx::Error> {
         let limit = i64::from(self.settings.batch_size.max(1));
         let rows = claim::take_rows(conn, lanes, held_keys, limit).await?;
+        self.backlogged_lanes
+            .note(lanes, &claim::full_lanes(lanes, &rows, limit));
         if !rows.is_empty() {
             self.metrics.batch_size.observe(rows.len() as f64);
         }
@@ -208,6 +223,36 @@ impl BusyLanes {
     }
 }
 
+/// The lanes whose last take gave its full share, so the next step locks them without probing
+/// (see [`claim::lock_lanes`]). Only a shortcut: a lane wrongly thought backlogged costs one
+/// empty probe in the take, and is forgotten by it.
+#[derive(Default)]
+pub(super) struct BackloggedLanes(AtomicU64);
+
+// One bit per lane.
+const _: () = assert!(OUTBOX_LANES <= 64);
+
+impl BackloggedLanes {
+    fn all(&self) -> Vec<i32> {
+        let bits = self.0.load(Ordering::Relaxed);
+        (0..OUTBOX_LANES)
+            .filter(|lane| bits & (1 << lane) != 0)
+            .collect()
+    }
+
+    /// After a take over `lanes`: those in `full` are backlogged, the others not.
+    fn note(&self, lanes: &[i32], full: &[i32]) {
+        let mask = |lanes: &[i32]| {
+            lanes
+                .iter()
+                .filter(|lane| (0..OUTBOX_LANES).contains(*lane))
+                .fold(0u64, |bits, lane| bits | 1 << lane)
+        };
+        self.0.fetch_and(!mask(lanes), Ordering::Relaxed);
+        self.0.fetch_or(mask(full), Ordering::Relaxed);
+    }
+}
+
 /// Marks its lanes free again when the step ends.
 struct BusyGuard<'a> {
     busy: &'a BusyLanes,
@@ -258,4 +303,21 @@ fn conclude(
         parked: recorded.parked,
         ..outcome
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lane_is_backlogged_from_a_full_take_until_a_take_that_is_not() {
+        let backlogged = BackloggedLanes::default();
+        backlogged.note(&[1, 5, 63], &[5, 63]);
+        assert_eq!(backlogged.all(), vec![5, 63]);
+        // Lanes a take did not touch keep what was known of them.
+        backlogged.note(&[5, 7], &[7]);
+        assert_eq!(backlogged.all(), vec![7, 63]);
+        backlogged.note(&[7, 63], &[]);
+        assert!(backlogged.all().is_empty());
+    }
 }

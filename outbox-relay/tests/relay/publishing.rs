@@ -174,7 +174,7 @@ async fn a_step_holds_only_the_lane_locks_it_uses_so_other_relays_get_the_rest()
         .fetch_one(&mut *first)
         .await
         .unwrap();
-    let first_lanes = claim::lock_lanes(&mut first, 3, &[]).await.unwrap();
+    let first_lanes = claim::lock_lanes(&mut first, 3, &[], &[]).await.unwrap();
     assert_eq!(first_lanes.len(), 3);
     assert_eq!(
         held_by(first_pid).await,
@@ -183,7 +183,7 @@ async fn a_step_holds_only_the_lane_locks_it_uses_so_other_relays_get_the_rest()
     );
 
     let mut second = env.pool.begin().await.unwrap();
-    let second_lanes = claim::lock_lanes(&mut second, 64, &[]).await.unwrap();
+    let second_lanes = claim::lock_lanes(&mut second, 64, &[], &[]).await.unwrap();
     assert_eq!(second_lanes.len() as i64, busy_lanes - 3);
     assert!(second_lanes.iter().all(|lane| !first_lanes.contains(lane)));
     let count = "select count(*) from outbox";
@@ -393,7 +393,7 @@ async fn a_step_reads_the_outbox_by_index_and_ctid_never_by_a_seq_scan() {
         let before = testkit::unreported_seq_scans(&mut tx, "outbox")
             .await
             .unwrap();
-        let lanes = claim::lock_lanes(&mut tx, 4, &[]).await.unwrap();
+        let lanes = claim::lock_lanes(&mut tx, 4, &[], &[]).await.unwrap();
         let rows = claim::take_rows(&mut tx, &lanes, &[], 20).await.unwrap();
         assert!(!rows.is_empty(), "round {round}: rows taken");
         claim::give_back(&mut tx).await.unwrap();
@@ -409,6 +409,38 @@ async fn a_step_reads_the_outbox_by_index_and_ctid_never_by_a_seq_scan() {
         );
         tx.commit().await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn backlogged_lanes_are_locked_first_and_without_a_probe() {
+    let env = TestEnv::new(1).await;
+    env.insert(&round_robin(200, 20)).await;
+    let with_rows: Vec<i32> =
+        sqlx::query_scalar("select distinct lane::int from outbox order by 1")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    let empty = (0..64).find(|lane| !with_rows.contains(lane)).unwrap();
+
+    // Told backlogged, an empty lane is locked (no probe), and before any other lane.
+    let mut tx = env.pool.begin().await.unwrap();
+    let lanes = claim::lock_lanes(&mut tx, 2, &[], &[empty]).await.unwrap();
+    assert_eq!(lanes.len(), 2);
+    assert_eq!(lanes[0], empty, "{lanes:?}");
+    assert!(with_rows.contains(&lanes[1]), "{lanes:?}");
+    // Its take finds nothing there, so it is no longer counted as backlogged.
+    let rows = claim::take_rows(&mut tx, &lanes, &[], 2).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(i32::from(rows[0].lane), lanes[1]);
+    assert_eq!(claim::full_lanes(&lanes, &rows, 2), vec![lanes[1]]);
+    tx.rollback().await.unwrap();
+
+    // Not told, the empty lane is probed and left alone.
+    let mut tx = env.pool.begin().await.unwrap();
+    let lanes = claim::lock_lanes(&mut tx, 64, &[], &[]).await.unwrap();
+    assert_eq!(lanes.len(), with_rows.len());
+    assert!(!lanes.contains(&empty));
+    tx.rollback().await.unwrap();
 }
 
 #[tokio::test]
@@ -437,7 +469,7 @@ async fn a_step_plans_its_statements_for_their_lanes_and_commits_synchronously()
     let mut runs = Vec::new();
     // Past the five runs after which PostgreSQL may switch a statement to a generic plan.
     for _ in 0..8 {
-        let lanes = claim::lock_lanes(&mut tx, 4, &[]).await.unwrap();
+        let lanes = claim::lock_lanes(&mut tx, 4, &[], &[]).await.unwrap();
         claim::take_rows(&mut tx, &lanes, &[], 10).await.unwrap();
         let plans: (i64, i64) = sqlx::query_as(plans_of_the_take)
             .fetch_one(&mut *tx)
@@ -477,7 +509,7 @@ async fn the_relays_sessions_never_jit_compile_its_claim() {
         .execute(&mut *tx)
         .await
         .unwrap();
-    let lanes = claim::lock_lanes(&mut tx, 4, &[]).await.unwrap();
+    let lanes = claim::lock_lanes(&mut tx, 4, &[], &[]).await.unwrap();
     let plan: serde_json::Value = sqlx::query_scalar(
         "explain (analyze, format json) select count(*) from outbox where lane = any($1)",
     )
