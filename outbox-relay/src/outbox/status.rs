@@ -26,7 +26,7 @@ pub const EXACT_PENDING_UP_TO: i64 = 10_000;
 pub struct Status {
     /// Rows waiting to be published (including those waiting for a retry).
     pub pending: i64,
-    /// Whether `pending` is an estimate: more than [`EXACT_PENDING_UP_TO`] rows are pending, and
+    /// Whether `pending` is an estimate: at least [`EXACT_PENDING_UP_TO`] rows are pending, and
     /// the figure comes from PostgreSQL's table statistics (live rows less dead and parked ones),
     /// which lag the table by a second or so.
     pub pending_estimated: bool,
