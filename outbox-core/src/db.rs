@@ -58,8 +58,8 @@ pub async fn connect(
         // (the server may have restarted meanwhile) is still checked.
         .test_before_acquire(false)
         // No JIT compilation in these sessions. PostgreSQL compiles a statement whose estimated
-        // cost passes `jit_above_cost`, and the relay's claim of 2,000 rows passes it in the
-        // custom plans of a connection's first five runs: 110-170 ms of compiling for a
+        // cost passes `jit_above_cost`, and the relay's claim of 2,000 rows passes it in its
+        // custom plans (every step's: the step forces them): 110-170 ms of compiling for a
         // statement that runs in 6-10 ms. Every statement here is short; none gains from JIT.
         // A `SET` once per connection rather than the `options` startup parameter, which
         // PgBouncer refuses unless told to ignore it.
