@@ -30,7 +30,20 @@ async fn a_row_is_published_with_its_cloud_event_headers_and_then_deleted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_relays_drain_ten_thousand_rows_over_a_hundred_keys_once_each_in_key_order() {
     let env = TestEnv::new(6).await;
-    let flags = ["--batch-size", "200", "--max-lanes-per-batch", "8"];
+    // Three relays of two steps of 8 lanes hold at most 48 of the 64 lanes, so a relay always
+    // finds free lanes: a relay locks the lanes its last step found backlogged first, and with
+    // more steps two relays could keep every lane between them until the drain ends. The short
+    // idle poll has all three start within the drain (the rows come without a notification).
+    let flags = [
+        "--batch-size",
+        "200",
+        "--max-lanes-per-batch",
+        "8",
+        "--steps-in-flight",
+        "2",
+        "--idle-poll-max-ms",
+        "20",
+    ];
     let relays = [
         env.spawn_relay(&flags).await,
         env.spawn_relay(&flags).await,
@@ -58,6 +71,7 @@ async fn three_relays_drain_ten_thousand_rows_over_a_hundred_keys_once_each_in_k
     for relay in &relays {
         shares.push(relay.metric("outbox_relay_published_total").await);
     }
+    eprintln!("rows published by each relay: {shares:?}");
     assert_eq!(shares.iter().sum::<f64>(), 10_000.0, "{shares:?}");
     assert!(
         shares.iter().all(|&n| n > 0.0),
