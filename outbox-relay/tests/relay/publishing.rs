@@ -7,7 +7,9 @@ use std::{
 use outbox_relay::outbox::{claim, LANE_LOCK_NAMESPACE};
 use uuid::Uuid;
 
-use crate::helpers::{assert_each_key_in_order, event_ids, round_robin, RunningRelay, TestEnv};
+use crate::helpers::{
+    assert_each_key_in_order, event_ids, eventually, round_robin, RunningRelay, TestEnv,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_is_published_with_its_cloud_event_headers_and_then_deleted() {
@@ -559,14 +561,12 @@ async fn status_estimates_a_large_backlog_instead_of_counting_it() {
     .await
     .unwrap();
     // The table statistics reach the server within a second or so of the insert.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let large = loop {
-        let large = status(&env.pool).await.unwrap();
-        if large.pending == backlog || Instant::now() > deadline {
-            break large;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let _ = eventually(Duration::from_secs(15), || async {
+        let large = status(&env.pool).await.ok()?;
+        (large.pending == backlog).then_some(())
+    })
+    .await;
+    let large = status(&env.pool).await.unwrap();
     assert_eq!((large.pending, large.pending_estimated), (backlog, true));
 }
 
