@@ -73,7 +73,9 @@ pub struct Settings {
     /// Most rows claimed and published in one step (one transaction).
     #[arg(long, env = "BATCH_SIZE", default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
-    /// Most lanes (of 64) one step locks; lower values spread the work of several relays.
+    /// Most lanes (of 64) one step locks during a backlog; lower values spread the work of
+    /// several steps and relays. At a trickle (no lane gave its full share) a step locks every
+    /// lane that has rows, so no row waits for its lane to be picked.
     #[arg(long, env = "MAX_LANES_PER_BATCH", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub max_lanes_per_batch: u32,
     /// Claim-publish-delete steps in flight at once during a backlog (while steps take full

@@ -65,12 +65,12 @@ impl Inner {
     )]
     pub(super) async fn publish_batch(&self) -> Result<BatchOutcome, RelayError> {
         let mut tx = self.begin_step().await?;
-        let max_lanes = i64::from(self.settings.max_lanes_per_batch.max(1));
+        let backlogged = self.backlogged_lanes.all();
         let lanes = claim::lock_lanes(
             &mut tx,
-            max_lanes,
+            self.max_lanes(&backlogged),
             &self.busy_lanes.all(),
-            &self.backlogged_lanes.all(),
+            &backlogged,
         )
         .await?;
         // Declared after the transaction, so dropped before it: at worst another step probes a
@@ -113,6 +113,19 @@ impl Inner {
         span.record("published", outcome.published);
         self.observe(&settlement, outcome.published, &recorded);
         conclude(outcome, settlement, recorded)
+    }
+
+    /// How many lanes a step may lock: `MAX_LANES_PER_BATCH` during a backlog (some lane gave
+    /// its full share last time), so that several steps and relays split the lanes; every lane
+    /// otherwise. Capped at a trickle, a step would take only some of the lanes that have rows,
+    /// picked at random, and a row would wait several steps for its lane to be picked (measured
+    /// at 1,000 orders/s: commit → publish p99 120-260 ms with 16 of 64 lanes per step).
+    fn max_lanes(&self, backlogged: &[i32]) -> i64 {
+        if backlogged.is_empty() {
+            i64::from(OUTBOX_LANES)
+        } else {
+            i64::from(self.settings.max_lanes_per_batch.max(1))
+        }
     }
 
     /// The step's transaction (see [`claim::begin_step`]): the server ends it if it stays idle

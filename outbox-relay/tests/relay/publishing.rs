@@ -164,6 +164,50 @@ async fn a_step_skips_a_lane_whose_lock_another_transaction_holds() {
     assert_eq!(order, vec![3, 1, 2]);
 }
 
+#[tokio::test]
+async fn a_step_locks_every_lane_with_rows_at_a_trickle_and_only_max_lanes_in_a_backlog() {
+    let env = TestEnv::new(1).await;
+    env.insert(&round_robin(100, 100)).await;
+    let lanes_with_rows: i64 = sqlx::query_scalar("select count(distinct lane) from outbox")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(lanes_with_rows > 8, "{lanes_with_rows} lanes");
+    let relay = outbox_relay::Relay::build(env.settings(&[
+        "--max-lanes-per-batch",
+        "4",
+        "--batch-size",
+        "1000",
+    ]))
+    .await
+    .unwrap();
+    // Nothing backlogged: one step takes every lane that has rows, so no row waits for later
+    // steps to pick its lane.
+    let outcome = relay.publish_batch().await.unwrap();
+    assert_eq!(outcome.lanes as i64, lanes_with_rows);
+    assert_eq!(outcome.published, 100);
+
+    // A backlog: the first step gives every lane its full share, so the next ones lock at most
+    // MAX_LANES_PER_BATCH lanes, leaving the others to other steps and relays.
+    env.insert(&round_robin(2_000, 100)).await;
+    let relay = outbox_relay::Relay::build(env.settings(&[
+        "--max-lanes-per-batch",
+        "4",
+        "--batch-size",
+        "40",
+    ]))
+    .await
+    .unwrap();
+    let first = relay.publish_batch().await.unwrap();
+    assert_eq!(first.lanes as i64, lanes_with_rows);
+    assert_eq!(first.published, 40);
+    for _ in 0..3 {
+        let outcome = relay.publish_batch().await.unwrap();
+        assert!(outcome.lanes <= 4, "{outcome:?}");
+        assert_eq!(outcome.published, 40, "{outcome:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_holds_only_the_lane_locks_it_uses_so_other_relays_get_the_rest() {
     let env = TestEnv::new(1).await;
