@@ -28,19 +28,40 @@ pub fn partition_of(key: &[u8], partition_count: i32) -> i32 {
     (crc32(key) % count) as i32
 }
 
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffff_u32;
-    for byte in bytes {
-        crc ^= u32::from(*byte);
-        for _ in 0..8 {
+/// CRC-32 (IEEE, reflected) one byte at a time through a table built at compile time.
+const CRC32_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
             crc = if crc & 1 == 1 {
                 (crc >> 1) ^ 0xedb8_8320
             } else {
                 crc >> 1
             };
+            bit += 1;
         }
+        table[i] = crc;
+        i += 1;
+    }
+    table
+};
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffff_u32;
+    for byte in bytes {
+        crc = (crc >> 8) ^ CRC32_TABLE[((crc ^ u32::from(*byte)) & 0xff) as usize];
     }
     !crc
+}
+
+/// Where a row goes and whether it may be sent now (see [`PartitionHealth::route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub partition: i32,
+    pub available: bool,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +70,16 @@ struct TopicState {
     leaderless: HashSet<i32>,
     /// Partition → (unavailable until, consecutive failures).
     suspect: HashMap<i32, (Instant, u32)>,
+}
+
+impl TopicState {
+    fn available(&self, partition: i32, now: Instant) -> bool {
+        let suspect = self
+            .suspect
+            .get(&partition)
+            .is_some_and(|(until, _)| now < *until);
+        !suspect && !self.leaderless.contains(&partition)
+    }
 }
 
 /// What the relay knows about the partitions of the topics it publishes to.
@@ -65,17 +96,40 @@ impl PartitionHealth {
         Some(partition_of(key.as_bytes(), state.partition_count))
     }
 
+    /// Each row's partition and whether it may be sent now, for a batch of (topic, key) pairs,
+    /// under one lock (`None` while the topic's metadata is unknown).
+    pub fn route<'a>(
+        &self,
+        rows: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<Option<Route>> {
+        let topics = self.topics.lock().expect("partition health lock");
+        let now = Instant::now();
+        let mut last: Option<(&str, Option<&TopicState>)> = None;
+        rows.into_iter()
+            .map(|(topic, key)| {
+                let state = match last {
+                    Some((seen, state)) if seen == topic => state,
+                    _ => {
+                        let state = topics.get(topic).filter(|s| s.partition_count > 0);
+                        last = Some((topic, state));
+                        state
+                    }
+                }?;
+                let partition = partition_of(key.as_bytes(), state.partition_count);
+                Some(Route {
+                    partition,
+                    available: state.available(partition, now),
+                })
+            })
+            .collect()
+    }
+
     /// Whether messages to `partition` of `topic` should be sent now.
     pub fn is_available(&self, topic: &str, partition: i32) -> bool {
         let topics = self.topics.lock().expect("partition health lock");
-        let Some(state) = topics.get(topic) else {
-            return true;
-        };
-        let suspect = state
-            .suspect
-            .get(&partition)
-            .is_some_and(|(until, _)| Instant::now() < *until);
-        !suspect && !state.leaderless.contains(&partition)
+        topics
+            .get(topic)
+            .is_none_or(|state| state.available(partition, Instant::now()))
     }
 
     /// The topics whose metadata is not known yet, among `topics`.
@@ -107,9 +161,18 @@ impl PartitionHealth {
 
     /// A delivery to the partition succeeded: it is healthy again.
     pub fn delivered(&self, topic: &str, partition: i32) {
+        self.delivered_to([(topic, partition)]);
+    }
+
+    /// Deliveries to these (topic, partition) pairs succeeded, under one lock.
+    pub fn delivered_to<'a>(&self, partitions: impl IntoIterator<Item = (&'a str, i32)>) {
         let mut topics = self.topics.lock().expect("partition health lock");
-        if let Some(state) = topics.get_mut(topic) {
-            state.suspect.remove(&partition);
+        for (topic, partition) in partitions {
+            if let Some(state) = topics.get_mut(topic) {
+                if !state.suspect.is_empty() {
+                    state.suspect.remove(&partition);
+                }
+            }
         }
     }
 
@@ -172,6 +235,41 @@ mod tests {
         // The standard check value of CRC-32/ISO-HDLC.
         assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
         assert_eq!(crc32(b""), 0);
+        assert_eq!(crc32(b"CATALOG-0001"), 0xef5d_7c9d);
+    }
+
+    #[test]
+    fn a_batch_is_routed_by_key_under_one_lock_and_a_suspect_partition_is_unavailable() {
+        let health = PartitionHealth::default();
+        assert_eq!(health.route([("t", "a")]), vec![None], "metadata unknown");
+        health.topics.lock().unwrap().insert(
+            "t".into(),
+            TopicState {
+                partition_count: 6,
+                ..TopicState::default()
+            },
+        );
+        let suspect = partition_of(b"CATALOG-0001", 6);
+        health.suspect("t", suspect);
+        let routes = health.route([("t", "CATALOG-0001"), ("u", "x"), ("t", "CATALOG-0002")]);
+        assert_eq!(
+            routes[0],
+            Some(Route {
+                partition: suspect,
+                available: false
+            })
+        );
+        assert_eq!(routes[1], None);
+        let other = partition_of(b"CATALOG-0002", 6);
+        assert_eq!(
+            routes[2],
+            Some(Route {
+                partition: other,
+                available: other != suspect
+            })
+        );
+        health.delivered_to([("t", suspect)]);
+        assert!(health.route([("t", "CATALOG-0001")])[0].unwrap().available);
     }
 
     #[test]

@@ -127,7 +127,7 @@ pub async fn publish(
     let mut held_keys: HashSet<&str> = HashSet::new();
     for (index, row) in rows.iter().enumerate() {
         let key = row.partition_key.as_str();
-        if held_keys.contains(key) {
+        if !held_keys.is_empty() && held_keys.contains(key) {
             continue;
         }
         if !sendable(row) {
@@ -135,6 +135,7 @@ pub async fn publish(
             continue;
         }
         let mut event = row.cloud_event();
+        let carried;
         if tracing {
             let span = tracing::info_span!(
                 "publish",
@@ -145,15 +146,15 @@ pub async fn publish(
                 trace_id = tracing::field::Empty,
                 span_id = tracing::field::Empty,
             );
-            let carried = outbox_core::telemetry::continue_context(
+            carried = outbox_core::telemetry::continue_context(
                 &span,
                 &outbox_core::telemetry::TraceHeaders {
                     traceparent: row.traceparent.clone(),
                     tracestate: row.tracestate.clone(),
                 },
             );
-            event.traceparent = carried.traceparent;
-            event.tracestate = carried.tracestate;
+            event.traceparent = carried.traceparent.as_deref();
+            event.tracestate = carried.tracestate.as_deref();
             spans[index] = Some(span);
         }
         let record = FutureRecord::to(&row.topic)
@@ -248,7 +249,7 @@ pub fn settle(rows: &[ClaimedRow], deliveries: &[Delivery]) -> Settlement {
     let mut broken_keys: HashSet<&str> = HashSet::new();
     for (index, (row, delivery)) in rows.iter().zip(deliveries).enumerate() {
         let key = row.partition_key.as_str();
-        let earlier_all_acked = !broken_keys.contains(key);
+        let earlier_all_acked = broken_keys.is_empty() || !broken_keys.contains(key);
         if matches!(delivery, Delivery::Acked(_)) {
             settlement.any_acked = true;
         }

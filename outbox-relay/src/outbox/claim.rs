@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use outbox_core::{db::OUTBOX_LANES, event::CloudEvent};
+use outbox_core::{db::OUTBOX_LANES, event::CloudEventRef};
 use sqlx::{Executor, PgConnection, PgPool, PgTransaction};
 use uuid::Uuid;
 
@@ -48,15 +48,15 @@ pub struct ClaimedRow {
 
 impl ClaimedRow {
     /// The CloudEvents attributes of the row's message.
-    pub fn cloud_event(&self) -> CloudEvent {
-        CloudEvent {
+    pub fn cloud_event(&self) -> CloudEventRef<'_> {
+        CloudEventRef {
             id: self.event_id,
-            event_type: self.event_type.clone(),
-            source: self.source.clone(),
+            event_type: &self.event_type,
+            source: &self.source,
             time: self.created_at,
-            subject: self.subject.clone(),
-            traceparent: self.traceparent.clone(),
-            tracestate: self.tracestate.clone(),
+            subject: &self.subject,
+            traceparent: self.traceparent.as_deref(),
+            tracestate: self.tracestate.as_deref(),
         }
     }
 }

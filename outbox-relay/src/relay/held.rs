@@ -18,7 +18,7 @@ use rdkafka::producer::DeliveryFuture;
 
 use crate::{
     outbox::ClaimedRow,
-    partitions::PartitionHealth,
+    partitions::{PartitionHealth, Route},
     publish::{self, Delivery},
 };
 
@@ -97,23 +97,27 @@ impl HeldKeys {
         Resolved { acked, keys }
     }
 
-    /// The keys of `rows` whose partition is unavailable now; they are held until it is back.
+    /// The keys of `rows` whose partition is unavailable now (by `routes`, one per row); they
+    /// are held until it is back.
     pub(super) fn hold_unavailable<'r>(
         &self,
-        partitions: &PartitionHealth,
         rows: &'r [ClaimedRow],
+        routes: &[Option<Route>],
     ) -> HashSet<&'r str> {
         let mut waiting = HashSet::new();
-        let mut held = self.held.lock().expect("held lock");
-        for row in rows {
-            let Some(partition) = partitions.partition(&row.topic, &row.partition_key) else {
-                continue;
-            };
-            if !partitions.is_available(&row.topic, partition) {
-                waiting.insert(row.partition_key.as_str());
-                held.waiting
-                    .insert(row.partition_key.clone(), (row.topic.clone(), partition));
-            }
+        let unavailable = rows
+            .iter()
+            .zip(routes)
+            .filter_map(|(row, route)| route.filter(|route| !route.available).map(|r| (row, r)));
+        let mut held = None;
+        for (row, route) in unavailable {
+            waiting.insert(row.partition_key.as_str());
+            held.get_or_insert_with(|| self.held.lock().expect("held lock"))
+                .waiting
+                .insert(
+                    row.partition_key.clone(),
+                    (row.topic.clone(), route.partition),
+                );
         }
         waiting
     }

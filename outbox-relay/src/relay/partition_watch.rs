@@ -5,34 +5,37 @@
 //! unconfirmed, is skipped (its keys wait), and one that got its leader back or acknowledged is
 //! used again (see [`crate::partitions`]).
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use rdkafka::producer::Producer;
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
-use crate::{outbox::ClaimedRow, publish::Delivery};
+use crate::{outbox::ClaimedRow, partitions::Route, publish::Delivery};
 
 impl Inner {
     /// Pauses the partitions of rows that failed for a reason about the broker or had no report
-    /// in time; clears the pause of partitions that acknowledged.
+    /// in time; clears the pause of partitions that acknowledged. `routes` holds each row's
+    /// partition ([`PartitionHealth::route`](crate::partitions::PartitionHealth::route)).
     pub(super) fn note_partitions(
         &self,
         rows: &[ClaimedRow],
+        routes: &[Option<Route>],
         deliveries: &[Delivery],
         troubled: &[usize],
     ) {
-        for (row, delivery) in rows.iter().zip(deliveries) {
-            if let Delivery::Acked(_) = delivery {
-                if let Some(p) = self.partitions.partition(&row.topic, &row.partition_key) {
-                    self.partitions.delivered(&row.topic, p);
-                }
-            }
-        }
+        let delivered: HashSet<(&str, i32)> = rows
+            .iter()
+            .zip(routes)
+            .zip(deliveries)
+            .filter(|(_, delivery)| matches!(delivery, Delivery::Acked(_)))
+            .filter_map(|((row, route), _)| route.map(|r| (row.topic.as_str(), r.partition)))
+            .collect();
+        self.partitions.delivered_to(delivered);
         for index in troubled {
-            let row = &rows[*index];
-            if let Some(p) = self.partitions.partition(&row.topic, &row.partition_key) {
-                self.partitions.suspect(&row.topic, p);
+            if let Some(route) = routes[*index] {
+                self.partitions
+                    .suspect(&rows[*index].topic, route.partition);
             }
         }
     }

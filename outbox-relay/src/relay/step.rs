@@ -164,12 +164,17 @@ impl Inner {
         if !unknown.is_empty() {
             self.refresh_partitions(unknown).await;
         }
-        let waiting = self.held.hold_unavailable(&self.partitions, rows);
+        let routes = self.partitions.route(
+            rows.iter()
+                .map(|r| (r.topic.as_str(), r.partition_key.as_str())),
+        );
+        let waiting = self.held.hold_unavailable(rows, &routes);
         let deadline = tokio::time::Instant::now() + self.settings.delivery_timeout();
-        let sendable = |row: &ClaimedRow| !waiting.contains(row.partition_key.as_str());
+        let sendable =
+            |row: &ClaimedRow| waiting.is_empty() || !waiting.contains(row.partition_key.as_str());
         let sent = publish::publish(&self.producer(), rows, sendable, deadline).await;
         let settlement = publish::settle(rows, &sent.deliveries);
-        self.note_partitions(rows, &sent.deliveries, &settlement.troubled);
+        self.note_partitions(rows, &routes, &sent.deliveries, &settlement.troubled);
         self.held.hold_unresolved(rows, sent.unresolved);
         settlement
     }
