@@ -521,6 +521,19 @@ async fn a_step_plans_its_statements_for_their_lanes_and_commits_synchronously()
     // unmarked, so later steps visit them again.
     assert_eq!(plans, "force_custom_plan");
     assert_eq!(commits, "on");
+    // The other settings of the step's transaction (see `claim::begin_step`), set with its
+    // BEGIN in one round trip.
+    let (idle, bitmap_scans, seq_scans): (String, String, String) = sqlx::query_as(
+        "select current_setting('idle_in_transaction_session_timeout'),
+                current_setting('enable_bitmapscan'), current_setting('enable_seqscan')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(
+        (idle.as_str(), bitmap_scans.as_str(), seq_scans.as_str()),
+        ("1min", "off", "off")
+    );
     let plans_of_the_take = "select coalesce(sum(generic_plans), 0)::bigint,
                                     coalesce(sum(custom_plans), 0)::bigint
                                from pg_prepared_statements
