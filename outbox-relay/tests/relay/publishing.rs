@@ -173,36 +173,27 @@ async fn a_step_locks_every_lane_with_rows_at_a_trickle_and_only_max_lanes_in_a_
         .await
         .unwrap();
     assert!(lanes_with_rows > 8, "{lanes_with_rows} lanes");
-    let relay = outbox_relay::Relay::build(env.settings(&[
-        "--max-lanes-per-batch",
-        "4",
-        "--batch-size",
-        "1000",
-    ]))
-    .await
-    .unwrap();
+    // Relays of at most 4 lanes per step during a backlog, with the given batch size.
+    let relay = |batch_size: &'static str| {
+        let settings = env.settings(&["--max-lanes-per-batch", "4", "--batch-size", batch_size]);
+        async move { outbox_relay::Relay::build(settings).await.unwrap() }
+    };
+    let trickle = relay("1000").await;
     // Nothing backlogged: one step takes every lane that has rows, so no row waits for later
     // steps to pick its lane.
-    let outcome = relay.publish_batch().await.unwrap();
+    let outcome = trickle.publish_batch().await.unwrap();
     assert_eq!(outcome.lanes as i64, lanes_with_rows);
     assert_eq!(outcome.published, 100);
 
     // A backlog: the first step gives every lane its full share, so the next ones lock at most
     // MAX_LANES_PER_BATCH lanes, leaving the others to other steps and relays.
     env.insert(&round_robin(2_000, 100)).await;
-    let relay = outbox_relay::Relay::build(env.settings(&[
-        "--max-lanes-per-batch",
-        "4",
-        "--batch-size",
-        "40",
-    ]))
-    .await
-    .unwrap();
-    let first = relay.publish_batch().await.unwrap();
+    let backlog = relay("40").await;
+    let first = backlog.publish_batch().await.unwrap();
     assert_eq!(first.lanes as i64, lanes_with_rows);
     assert_eq!(first.published, 40);
     for _ in 0..3 {
-        let outcome = relay.publish_batch().await.unwrap();
+        let outcome = backlog.publish_batch().await.unwrap();
         assert!(outcome.lanes <= 4, "{outcome:?}");
         // A lane may run out of rows within its share of 10 (a lane of one key holds 20).
         assert!((1..=40).contains(&outcome.published), "{outcome:?}");
