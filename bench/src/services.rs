@@ -83,6 +83,31 @@ impl Service {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// A relay's mean time per phase of its steps that claimed rows, from its
+    /// `outbox_relay_step_phase_seconds`: where its steps wait, the database or the broker.
+    pub async fn relay_step_phases(&self, http: &reqwest::Client) -> anyhow::Result<String> {
+        let body = http
+            .get(format!("{}/metrics", self.base_url()))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let series = |suffix: &str, phase: &str| -> f64 {
+            let name = format!("outbox_relay_step_phase_seconds_{suffix}{{phase=\"{phase}\"}} ");
+            body.lines()
+                .find_map(|line| line.strip_prefix(&name)?.parse().ok())
+                .unwrap_or(0.0)
+        };
+        let steps = series("count", "take");
+        anyhow::ensure!(steps > 0.0, "the relay timed no step that claimed rows");
+        let phases: Vec<String> = ["lock", "take", "publish", "commit"]
+            .iter()
+            .map(|phase| format!("{phase} {:.1} ms", 1e3 * series("sum", phase) / steps))
+            .collect();
+        Ok(format!("{} ({steps} steps)", phases.join(", ")))
+    }
+
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(
         &mut self,

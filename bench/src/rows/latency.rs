@@ -277,6 +277,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
     };
     let to_produced = Percentiles::of(to_produced);
     let to_applied = Percentiles::of(to_applied);
+    let phases = relay.relay_step_phases(&bench.http).await;
     for service in [consumer, relay, api] {
         service.stop().await;
     }
@@ -313,6 +314,10 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
         ));
     }
     notes.push(format!("during the offered load: {}", cpu.short()));
+    notes.push(match phases {
+        Ok(phases) => format!("relay, mean per step: {phases}"),
+        Err(error) => format!("relay step phases not read: {error:#}"),
+    });
     notes.push(
         "processed_at is the start of the consumer's batch transaction: the apply itself \
          (a few ms) is not in the figure"

@@ -175,6 +175,7 @@ pub async fn run(bench: &Bench, shared: &mut Shared) -> anyhow::Result<Vec<Row>>
     let rate = n as f64 / seconds;
     drop(conn);
     let on_topic = kafka::messages_on_topic(brokers, &relay.topic, PARTITIONS)?;
+    let phases = relay.relay.relay_step_phases(&bench.http).await;
     relay.finish(bench).await;
     shared.relay_drain = Some((n, rate));
 
@@ -193,6 +194,10 @@ pub async fn run(bench: &Bench, shared: &mut Shared) -> anyhow::Result<Vec<Row>>
         fmt_ratio(rate / produce_rate),
     )];
     notes.push(format!("relay drain: {}", cpu.short()));
+    notes.push(match phases {
+        Ok(phases) => format!("relay drain, mean per step: {phases}"),
+        Err(error) => format!("relay drain, step phases not read: {error:#}"),
+    });
     notes.push(format!(
         "PostgreSQL CPU per row: relay {:.0} µs, claim+delete ceiling {:.0} µs",
         1e6 * cpu.seconds_of("postgres") / n as f64,

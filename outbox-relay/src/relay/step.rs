@@ -15,7 +15,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use outbox_core::{db::OUTBOX_LANES, kafka::FailureKind};
@@ -23,6 +23,7 @@ use sqlx::{PgConnection, PgTransaction};
 
 use super::Inner;
 use crate::{
+    metrics::StepTimes,
     outbox::{claim, failures, ClaimedRow, Recorded},
     publish::{self, Settlement},
 };
@@ -64,6 +65,7 @@ impl Inner {
         fields(claimed = tracing::field::Empty, published = tracing::field::Empty)
     )]
     pub(super) async fn publish_batch(&self) -> Result<BatchOutcome, RelayError> {
+        let started = Instant::now();
         let mut tx = self.begin_step().await?;
         let backlogged = self.backlogged_lanes.all();
         let lanes = claim::lock_lanes(
@@ -73,6 +75,7 @@ impl Inner {
             &backlogged,
         )
         .await?;
+        let locked = Instant::now();
         // Declared after the transaction, so dropped before it: at worst another step probes a
         // lane a moment before its lock is released, and does not get it.
         let _busy = self.busy_lanes.hold(&lanes);
@@ -84,6 +87,7 @@ impl Inner {
         // Deleted before the claim, so this step cannot claim them again.
         let resolved = claim::delete_published(&mut tx, &held.acked).await?;
         let rows = self.claim(&mut tx, &lanes, &held.keys).await?;
+        let taken = Instant::now();
         let span = tracing::Span::current();
         span.record("claimed", rows.len());
         let mut outcome = BatchOutcome {
@@ -99,6 +103,7 @@ impl Inner {
         }
 
         let settlement = self.send(&rows).await;
+        let published = Instant::now();
         #[cfg(feature = "test-hooks")]
         self.hang_after_ack_if_asked(&settlement).await;
         if settlement.published.len() == rows.len() {
@@ -111,6 +116,13 @@ impl Inner {
         let recorded = failures::record_failures(&mut tx, &self.retry, &settlement.failed).await?;
         tx.commit().await?;
         span.record("published", outcome.published);
+        self.metrics.observe_step(&StepTimes {
+            started,
+            locked,
+            taken,
+            published,
+            committed: Instant::now(),
+        });
         self.observe(&settlement, outcome.published, &recorded);
         conclude(outcome, settlement, recorded)
     }

@@ -362,6 +362,14 @@ async fn health_readiness_and_metrics_are_served() {
         crate::helpers::parse_metric(&body, "outbox_relay_commit_to_ack_seconds_count"),
         1.0
     );
+    // The one step that claimed the row timed each of its phases once; empty steps time none.
+    for phase in ["lock", "take", "publish", "commit"] {
+        let series = format!("outbox_relay_step_phase_seconds_count{{phase=\"{phase}\"}} 1");
+        assert!(
+            body.lines().any(|line| line == series),
+            "/metrics lacks {series}"
+        );
+    }
     relay.stop().await;
 }
 
