@@ -101,7 +101,7 @@ impl Service {
         };
         let steps = series("count", "take");
         anyhow::ensure!(steps > 0.0, "the relay timed no step that claimed rows");
-        let phases: Vec<String> = ["lock", "take", "publish", "commit"]
+        let phases: Vec<String> = outbox_relay::metrics::STEP_PHASES
             .iter()
             .map(|phase| format!("{phase} {:.1} ms", 1e3 * series("sum", phase) / steps))
             .collect();

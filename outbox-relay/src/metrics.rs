@@ -19,6 +19,9 @@ pub fn seconds_since_commit(created_at: DateTime<Utc>, at: DateTime<Utc>) -> f64
     micros.max(0) as f64 / 1e6
 }
 
+/// The phases of `outbox_relay_step_phase_seconds`, in the order a step goes through them.
+pub const STEP_PHASES: [&str; 4] = ["lock", "take", "publish", "commit"];
+
 /// When a step reached the end of each of its phases (`outbox_relay_step_phase_seconds`).
 #[derive(Debug, Clone, Copy)]
 pub struct StepTimes {
@@ -143,6 +146,10 @@ impl Metrics {
         registry.register(Box::new(metrics.batch_size.clone()))?;
         registry.register(Box::new(metrics.commit_to_ack.clone()))?;
         registry.register(Box::new(metrics.step_phase.clone()))?;
+        // Every phase's series exists from the start, before the first step with rows.
+        for phase in STEP_PHASES {
+            metrics.step_phase.with_label_values(&[phase]);
+        }
         registry.register(Box::new(metrics.paused.clone()))?;
         registry.register(Box::new(metrics.idle_wait.clone()))?;
         registry.register(Box::new(metrics.held_keys.clone()))?;
@@ -151,12 +158,15 @@ impl Metrics {
 
     /// Records where a step that claimed rows spent its time.
     pub fn observe_step(&self, times: &StepTimes) {
-        for (phase, from, to) in [
-            ("lock", times.started, times.locked),
-            ("take", times.locked, times.taken),
-            ("publish", times.taken, times.published),
-            ("commit", times.published, times.committed),
-        ] {
+        let ends = [
+            times.started,
+            times.locked,
+            times.taken,
+            times.published,
+            times.committed,
+        ];
+        for (phase, span) in STEP_PHASES.iter().zip(ends.windows(2)) {
+            let (from, to) = (span[0], span[1]);
             self.step_phase
                 .with_label_values(&[phase])
                 .observe(to.saturating_duration_since(from).as_secs_f64());

@@ -363,7 +363,7 @@ async fn health_readiness_and_metrics_are_served() {
         1.0
     );
     // The one step that claimed the row timed each of its phases once; empty steps time none.
-    for phase in ["lock", "take", "publish", "commit"] {
+    for phase in outbox_relay::metrics::STEP_PHASES {
         let series = format!("outbox_relay_step_phase_seconds_count{{phase=\"{phase}\"}} 1");
         assert!(
             body.lines().any(|line| line == series),
