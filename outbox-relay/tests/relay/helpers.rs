@@ -111,6 +111,14 @@ impl TestEnv {
         outbox_rows(&self.pool).await
     }
 
+    /// How many lanes hold rows of the outbox.
+    pub async fn lanes_with_rows(&self) -> i64 {
+        sqlx::query_scalar("select count(distinct lane) from outbox")
+            .fetch_one(&self.pool)
+            .await
+            .expect("lanes with rows")
+    }
+
     /// The partition keys of the rows left in the outbox, in id order.
     pub async fn keys_left(&self) -> Vec<String> {
         self.rows()

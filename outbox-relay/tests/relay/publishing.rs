@@ -168,10 +168,7 @@ async fn a_step_skips_a_lane_whose_lock_another_transaction_holds() {
 async fn a_step_locks_every_lane_with_rows_at_a_trickle_and_only_max_lanes_in_a_backlog() {
     let env = TestEnv::new(1).await;
     env.insert(&round_robin(100, 100)).await;
-    let lanes_with_rows: i64 = sqlx::query_scalar("select count(distinct lane) from outbox")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let lanes_with_rows = env.lanes_with_rows().await;
     assert!(lanes_with_rows > 8, "{lanes_with_rows} lanes");
     // Relays of at most 4 lanes per step during a backlog, with the given batch size.
     let relay = |batch_size: &'static str| {
@@ -204,10 +201,7 @@ async fn a_step_locks_every_lane_with_rows_at_a_trickle_and_only_max_lanes_in_a_
 async fn a_step_holds_only_the_lane_locks_it_uses_so_other_relays_get_the_rest() {
     let env = TestEnv::new(1).await;
     env.insert(&round_robin(1_000, 100)).await;
-    let busy_lanes: i64 = sqlx::query_scalar("select count(distinct lane) from outbox")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let busy_lanes = env.lanes_with_rows().await;
     let held_by = |pid: i32| {
         let pool = env.pool.clone();
         async move {
