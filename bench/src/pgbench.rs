@@ -1,41 +1,43 @@
-//! The ceiling of order-api: `pgbench` running the exact statement order-api runs per order, with
-//! the same number of clients, on a fresh database.
+//! The ceiling of order-api: `pgbench` running the statement order-api runs, one order per
+//! statement (as order-api writes an order that arrives alone), with the same number of clients,
+//! on a fresh database.
 
 use std::{path::Path, time::Duration};
 
 use anyhow::Context;
 use outbox_core::event::{ORDER_API_SOURCE, ORDER_PLACED_TYPE};
 
-/// order-api's order + outbox statement (`order_store::insert_with_event`), from its one file.
-pub const ORDER_INSERT_SQL: &str = include_str!("../../order-api/queries/insert_order.sql");
+/// order-api's order + outbox statement (`order_store::OrderWriter`), from its one file.
+pub const ORDER_INSERT_SQL: &str = include_str!("../../order-api/queries/insert_orders.sql");
 
 /// What each bound parameter of [`ORDER_INSERT_SQL`] becomes in the pgbench script: random or
-/// per-client values from `\set`, the constant strings from `-D`. Run with `-M prepared`, every
-/// `:variable` is a bound parameter, as with sqlx. Ids are a per-client counter laid out like a
-/// UUIDv7 (increasing), no idempotency key (as the HTTP load sends none).
+/// per-client values from `\set`, the constant strings from `-D`; `$1`..`$13` are columns, here
+/// of one order each. Run with `-M prepared`, every `:variable` is a bound parameter, as with
+/// sqlx. Ids are a per-client counter laid out like a UUIDv7 (increasing), no idempotency key
+/// (as the HTTP load sends none).
 const PARAMETERS: [(&str, &str); 16] = [
-    ("$1", "lpad(to_hex(:seq::bigint), 32, '0')::uuid"),
-    ("$2", "('user-' || :user::text)"),
-    ("$3", "('CATALOG-' || lpad(:product::text, 4, '0'))"),
-    ("$4", ":quantity::int"),
-    ("$5", ":price::bigint"),
-    ("$6", ":total::bigint"),
-    ("$7", "now()"),
-    ("$8", "lpad(to_hex(:seq::bigint), 32, '0')::uuid"),
-    ("$9", "null::text"),
-    ("$10", "null::jsonb"),
-    ("$11", ":topic"),
-    ("$12", ":event_type"),
-    ("$13", ":source"),
-    ("$14", ":payload"),
-    ("$15", ":traceparent"),
-    ("$16", "null::text"),
+    ("$1", "array[lpad(to_hex(:seq::bigint), 32, '0')::uuid]"),
+    ("$2", "array['user-' || :user::text]"),
+    ("$3", "array['CATALOG-' || lpad(:product::text, 4, '0')]"),
+    ("$4", "array[:quantity::int]"),
+    ("$5", "array[:price::bigint]"),
+    ("$6", "array[:total::bigint]"),
+    ("$7", "array[now()]"),
+    ("$8", "array[lpad(to_hex(:seq::bigint), 32, '0')::uuid]"),
+    ("$9", "array[null::text]"),
+    ("$10", "array[null::jsonb]"),
+    ("$11", "array[:payload::jsonb]"),
+    ("$12", "array[:traceparent::text]"),
+    ("$13", "array[null::text]"),
+    ("$14", ":topic"),
+    ("$15", ":event_type"),
+    ("$16", ":source"),
 ];
 
 /// The pgbench script: variables, then the statement with its parameters replaced.
 pub fn script(products: u64) -> String {
-    let mut sql = ORDER_INSERT_SQL.replace(r#" as "inserted!""#, " as inserted");
-    // Highest first, so `$1` does not match the start of `$10`..`$15`.
+    let mut sql = ORDER_INSERT_SQL.replace(r#" as "order_id!""#, " as order_id");
+    // Highest first, so `$1` does not match the start of `$10`..`$16`.
     for (placeholder, value) in PARAMETERS.iter().rev() {
         sql = sql.replace(placeholder, value);
     }

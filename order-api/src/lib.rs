@@ -111,7 +111,7 @@ fn kafka_topic(name: &str) -> Result<String, String> {
 /// What the handlers share.
 pub(crate) struct AppState {
     pub pool: PgPool,
-    pub topic: String,
+    pub orders: order_store::OrderWriter,
     pub metrics: Metrics,
     pub wakeup: wakeup::Wakeup,
     pub backpressure: backpressure::Backpressure,
@@ -128,6 +128,7 @@ const PRUNE_IDEMPOTENCY_KEYS: &str = outbox_core::prune_statement!(
 pub struct Application {
     http: Served,
     wakeup_task: tokio::task::JoinHandle<()>,
+    writer_tasks: Vec<tokio::task::JoinHandle<()>>,
     lag_task: Option<tokio::task::JoinHandle<()>>,
     pruner: Pruner,
 }
@@ -153,6 +154,11 @@ impl Application {
         let (wakeup, wakeup_task) = wakeup::spawn(pool.clone());
         let backpressure =
             backpressure::Backpressure::new(settings.max_outbox_lag_secs.map(Duration::from_secs));
+        let (orders, writer_tasks) = order_store::OrderWriter::spawn(
+            pool.clone(),
+            settings.order_events_topic.clone(),
+            &metrics,
+        );
         let lag_task = backpressure.spawn(
             pool.clone(),
             metrics.outbox_lag.clone(),
@@ -168,7 +174,7 @@ impl Application {
         );
         let state = web::Data::new(AppState {
             pool: pool.clone(),
-            topic: settings.order_events_topic.clone(),
+            orders,
             metrics,
             wakeup,
             backpressure,
@@ -192,6 +198,7 @@ impl Application {
         Ok(Self {
             http,
             wakeup_task,
+            writer_tasks,
             lag_task,
             pruner,
         })
@@ -208,6 +215,10 @@ impl Application {
         let ((), served) = self.http.serve_while(shutdown.cancelled()).await;
         pruning.stop().await;
         self.wakeup_task.abort();
+        // Every request has been answered (or given up on): no order is waiting for a writer.
+        for task in self.writer_tasks {
+            task.abort();
+        }
         if let Some(task) = self.lag_task {
             task.abort();
         }

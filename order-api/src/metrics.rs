@@ -15,6 +15,10 @@ pub struct Metrics {
     pub outbox_lagging: IntGauge,
     /// Idempotency keys deleted past IDEMPOTENCY_KEY_RETENTION.
     pub idempotency_keys_pruned: IntCounter,
+    /// Orders per insert statement (see `order_store::OrderWriter`).
+    pub insert_batch_orders: Histogram,
+    /// Orders waiting for a writer: a queue that grows while the database is slow.
+    pub orders_waiting: IntGauge,
 }
 
 impl Metrics {
@@ -38,7 +42,7 @@ impl Metrics {
             insert_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "order_api_order_insert_seconds",
-                    "Time to write one order and its outbox row.",
+                    "Time to write one order and its outbox row, waiting for a writer included.",
                 )
                 .buckets(vec![
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
@@ -56,8 +60,21 @@ impl Metrics {
                 "order_api_idempotency_keys_pruned_total",
                 "Idempotency keys deleted because they were older than IDEMPOTENCY_KEY_RETENTION.",
             )?,
+            insert_batch_orders: Histogram::with_opts(
+                HistogramOpts::new(
+                    "order_api_insert_batch_orders",
+                    "Orders written by one insert statement (one transaction): orders that arrive while the writers are busy share the next one.",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            )?,
+            orders_waiting: IntGauge::new(
+                "order_api_orders_waiting",
+                "Orders received and not yet in an insert statement (both writers busy).",
+            )?,
         };
         registry.register(Box::new(metrics.orders_created.clone()))?;
+        registry.register(Box::new(metrics.insert_batch_orders.clone()))?;
+        registry.register(Box::new(metrics.orders_waiting.clone()))?;
         registry.register(Box::new(metrics.outbox_lag.clone()))?;
         registry.register(Box::new(metrics.outbox_lagging.clone()))?;
         registry.register(Box::new(metrics.idempotency_keys_pruned.clone()))?;

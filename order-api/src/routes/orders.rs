@@ -168,13 +168,12 @@ async fn create(
     let new = NewOrder {
         order: &order,
         event_id,
-        topic: &state.topic,
         traceparent: &traceparent,
         tracestate: trace.tracestate.as_deref(),
         idempotency: key.as_deref().zip(asked.as_ref()),
     };
     let started = Instant::now();
-    let inserted = order_store::insert_with_event(&state.pool, &new).await?;
+    let inserted = state.orders.insert(&state.pool, &new).await?;
     state
         .metrics
         .insert_seconds

@@ -108,4 +108,11 @@ impl TestApp {
             .await
             .expect("count rows")
     }
+
+    /// The value of an unlabelled series in the `/metrics` body.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let body = self.get("/metrics").await.text().await.expect("metrics");
+        testkit::metric_value(&body, name)
+            .unwrap_or_else(|| panic!("{name} is not in /metrics:\n{body}"))
+    }
 }

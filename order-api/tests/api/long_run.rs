@@ -10,13 +10,6 @@ use crate::helpers::{order_body, spawn_app_with, TestApp};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
-/// The value of an unlabelled series in a `/metrics` body.
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let body = app.get("/metrics").await.text().await.expect("metrics");
-    testkit::metric_value(&body, name)
-        .unwrap_or_else(|| panic!("{name} is not in /metrics:\n{body}"))
-}
-
 #[tokio::test]
 async fn a_key_older_than_its_retention_is_pruned_and_a_retry_with_it_is_a_new_order() {
     let app = spawn_app_with(|settings| {
@@ -54,7 +47,7 @@ async fn a_key_older_than_its_retention_is_pruned_and_a_retry_with_it_is_a_new_o
     .await
     .expect("the old key pruned, the recent one kept");
     assert_eq!(
-        metric(&app, "order_api_idempotency_keys_pruned_total").await,
+        app.metric("order_api_idempotency_keys_pruned_total").await,
         1.0
     );
 
@@ -95,7 +88,7 @@ async fn with_max_outbox_lag_set_orders_get_503_outbox_lagging_while_the_outbox_
 
     eventually(DEADLINE, || {
         let limited = &limited;
-        async move { (metric(limited, "order_api_outbox_lagging").await == 1.0).then_some(()) }
+        async move { (limited.metric("order_api_outbox_lagging").await == 1.0).then_some(()) }
     })
     .await
     .expect("the lag sampled and found past the limit");
@@ -123,7 +116,7 @@ async fn with_max_outbox_lag_set_orders_get_503_outbox_lagging_while_the_outbox_
         200,
         "the process is healthy"
     );
-    assert!(metric(&limited, "order_api_outbox_lag_seconds").await >= 59.0);
+    assert!(limited.metric("order_api_outbox_lag_seconds").await >= 59.0);
     assert_eq!(
         limited.row_counts().await,
         (0, 1),
@@ -133,7 +126,7 @@ async fn with_max_outbox_lag_set_orders_get_503_outbox_lagging_while_the_outbox_
     // Started at the same time, with the same stale row, but without the setting: the
     // lagging app's sampler has run by now, and this one still takes orders.
     assert_eq!(unlimited.post_order(&body).await.status(), 201);
-    assert_eq!(metric(&unlimited, "order_api_outbox_lagging").await, 0.0);
+    assert_eq!(unlimited.metric("order_api_outbox_lagging").await, 0.0);
 
     // The relay catches up: orders are taken again.
     sqlx::query("delete from outbox where subject = 'stale'")
@@ -147,5 +140,5 @@ async fn with_max_outbox_lag_set_orders_get_503_outbox_lagging_while_the_outbox_
     })
     .await
     .expect("orders taken again once the outbox caught up");
-    assert_eq!(metric(&limited, "order_api_outbox_lagging").await, 0.0);
+    assert_eq!(limited.metric("order_api_outbox_lagging").await, 0.0);
 }
