@@ -99,8 +99,9 @@ pub enum Inserted {
 /// transaction and one commit: under load the commits, round trips and statement overheads are
 /// shared by many orders, and at a trickle every order is written alone, at once (nothing waits
 /// to fill a batch). An order's row and its outbox row are still in one transaction, and each
-/// handler answers only after that transaction committed. When a statement of several orders
-/// fails, each of them is written again alone, so one order the database refuses fails alone.
+/// handler answers only after that transaction committed. When the database refuses a statement
+/// of several orders, each of them is written again alone, so one order it refuses fails alone;
+/// when the database is unavailable, every order of the statement gets that answer at once.
 #[derive(Clone)]
 pub struct OrderWriter {
     queue: mpsc::UnboundedSender<Pending>,
@@ -243,8 +244,10 @@ impl Writer {
         }
     }
 
-    /// Writes `batch` in one statement and answers each order; when the statement fails and
-    /// holds several orders, writes each alone instead.
+    /// Writes `batch` in one statement and answers each order. When the statement fails and
+    /// holds several orders: while the database is unavailable each of them gets that answer;
+    /// otherwise (the database refused the statement) each is written alone, so the order it
+    /// refused fails alone.
     async fn write(&self, batch: Vec<Pending>) {
         let rows: Vec<&Row> = batch.iter().map(|pending| &pending.row).collect();
         match self.insert(&rows).await {
@@ -258,6 +261,18 @@ impl Writer {
             Err(error) if batch.len() == 1 => {
                 let pending = batch.into_iter().next().expect("one order");
                 let _ = pending.done.send(Err(error));
+            }
+            Err(error) if outbox_core::db::is_unavailable(&error) => {
+                // Writing each order alone would only wait for the database once per order.
+                tracing::warn!(
+                    orders = batch.len(),
+                    %error,
+                    "the orders database is unavailable; every order of the statement is refused"
+                );
+                for pending in batch {
+                    let unavailable = std::io::Error::other(error.to_string());
+                    let _ = pending.done.send(Err(sqlx::Error::Io(unavailable)));
+                }
             }
             Err(error) => {
                 tracing::warn!(

@@ -138,3 +138,57 @@ async fn an_order_the_database_refuses_in_a_shared_statement_fails_alone() {
         2.0 + 1.0 + 4.0
     );
 }
+
+/// Ends the sessions of the statements waiting for `outbox`'s lock (the writers'), as a database
+/// restart would.
+async fn terminate_blocked_statements(app: &TestApp, expected: i64) {
+    eventually(DEADLINE, || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+              where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .ok()?;
+        (waiting == expected).then_some(())
+    })
+    .await
+    .expect("the writers' statements wait for the lock");
+    sqlx::query(
+        "select pg_terminate_backend(pid) from pg_stat_activity
+          where datname = current_database() and wait_event_type = 'Lock'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_database_outage_during_a_shared_statement_answers_each_of_its_orders_at_once() {
+    let app = spawn_app().await;
+    let bodies: Vec<Value> = (1..=4)
+        .map(|i| order_body("user-1", &format!("CATALOG-{i:04}"), 1, 100))
+        .collect();
+    let (blocker, blocked, queued) = queue_behind_blocked_writers(&app, &bodies).await;
+    // The two statements of one order each fail; the four waiting orders then share a third,
+    // which waits for the lock too, and fails the same way.
+    terminate_blocked_statements(&app, 2).await;
+    for response in answers(blocked).await {
+        assert_eq!(response.status(), 503);
+    }
+    wait_for(&app, 3.0, 0.0).await;
+    terminate_blocked_statements(&app, 1).await;
+
+    // Written alone, each would wait for the lock again: the answers come while it is held.
+    let answered = tokio::time::timeout(DEADLINE, answers(queued))
+        .await
+        .expect("every order of the failed statement answered while the outbox is still locked");
+    for response in answered {
+        assert_eq!(response.status(), 503);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "service_unavailable");
+    }
+    blocker.close().await.expect("release the lock");
+    assert_eq!(app.row_counts().await, (0, 0));
+    assert_eq!(app.metric("order_api_insert_batch_orders_count").await, 3.0);
+}
