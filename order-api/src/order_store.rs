@@ -4,16 +4,16 @@
 //! `pg_notify`) serialises concurrent orders. Orders that arrive together share a statement
 //! (see [`OrderWriter`]).
 
-use outbox_core::event::{OrderPlaced, ORDER_API_SOURCE, ORDER_PLACED_TYPE};
-
-use crate::Metrics;
 use std::sync::Arc;
 
+use outbox_core::event::{OrderPlaced, ORDER_API_SOURCE, ORDER_PLACED_TYPE};
 use prometheus::{Histogram, IntGauge};
 use serde::{ser::SerializeStruct, Serialize, Serializer};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use uuid::Uuid;
+
+use crate::Metrics;
 
 /// The status of every order this service writes (the column's default).
 pub const PLACED: &str = "PLACED";
@@ -106,6 +106,8 @@ pub enum Inserted {
 pub struct OrderWriter {
     queue: mpsc::UnboundedSender<Pending>,
     waiting: IntGauge,
+    /// For reading the order of an idempotency key already taken.
+    pool: PgPool,
 }
 
 /// Writer tasks: statements in flight at once. While both are busy, arriving orders queue and
@@ -143,7 +145,7 @@ impl OrderWriter {
         let (queue, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
         let writer = Writer {
-            pool,
+            pool: pool.clone(),
             topic: topic.into(),
             batch_orders: metrics.insert_batch_orders.clone(),
             waiting: metrics.orders_waiting.clone(),
@@ -155,6 +157,7 @@ impl OrderWriter {
             Self {
                 queue,
                 waiting: metrics.orders_waiting.clone(),
+                pool,
             },
             tasks,
         )
@@ -163,7 +166,7 @@ impl OrderWriter {
     /// Writes `new` (with its outbox row); with an idempotency key already taken, writes nothing
     /// and returns the key's first request and order.
     #[tracing::instrument(skip_all, fields(order_id = %new.order.order_id, event_id = %new.event_id))]
-    pub async fn insert(&self, pool: &PgPool, new: &NewOrder<'_>) -> Result<Inserted, sqlx::Error> {
+    pub async fn insert(&self, new: &NewOrder<'_>) -> Result<Inserted, sqlx::Error> {
         let payload =
             serde_json::to_value(new.order).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         let (key, request) = match new.idempotency {
@@ -201,10 +204,10 @@ impl OrderWriter {
             "select request, order_id from idempotency_keys where idempotency_key = $1",
             key
         )
-        .fetch_one(pool)
+        .fetch_one(&self.pool)
         .await?;
         let (request, order_id) = (existing.request, existing.order_id);
-        let order = find(pool, order_id)
+        let order = find(&self.pool, order_id)
             .await?
             .ok_or(sqlx::Error::RowNotFound)?;
         Ok(Inserted::Existing { request, order })

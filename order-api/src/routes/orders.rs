@@ -173,7 +173,7 @@ async fn create(
         idempotency: key.as_deref().zip(asked.as_ref()),
     };
     let started = Instant::now();
-    let inserted = state.orders.insert(&state.pool, &new).await?;
+    let inserted = state.orders.insert(&new).await?;
     state
         .metrics
         .insert_seconds
