@@ -94,10 +94,8 @@ impl Service {
             .text()
             .await?;
         let series = |suffix: &str, phase: &str| -> f64 {
-            let name = format!("outbox_relay_step_phase_seconds_{suffix}{{phase=\"{phase}\"}} ");
-            body.lines()
-                .find_map(|line| line.strip_prefix(&name)?.parse().ok())
-                .unwrap_or(0.0)
+            let name = format!("outbox_relay_step_phase_seconds_{suffix}{{phase=\"{phase}\"}}");
+            testkit::metric_value(&body, &name).unwrap_or(0.0)
         };
         let steps = series("count", "take");
         anyhow::ensure!(steps > 0.0, "the relay timed no step that claimed rows");
