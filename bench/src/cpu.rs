@@ -1,7 +1,8 @@
 //! Who used the CPU during a measurement: CPU seconds per process group (a service, PostgreSQL,
 //! the broker, this load generator, pgbench) from `/proc`, sampled in the background so that
 //! processes ending inside the window (pgbench's backends) still count. On 2 cores this is often
-//! what limits a figure.
+//! what limits a figure. PostgreSQL's share can be split by the client each backend serves
+//! ([`CpuUse::postgres_by_client`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -90,12 +91,41 @@ pub struct CpuUse {
     pub seconds: f64,
     pub cores: BTreeMap<&'static str, f64>,
     pub host_busy_pct: f64,
+    /// CPU seconds of each PostgreSQL process (backends and the server's own), by pid.
+    #[serde(skip)]
+    pub postgres_pids: HashMap<u32, f64>,
 }
 
 impl CpuUse {
     /// CPU seconds `group` used in the window.
     pub fn seconds_of(&self, group: &str) -> f64 {
         self.cores.get(group).copied().unwrap_or(0.0) * self.seconds
+    }
+
+    /// PostgreSQL's cores split by the `application_name` of the session each backend serves
+    /// (the services name their connections after themselves); the server's own processes and
+    /// backends gone by now count as "other". Call while the clients are still connected.
+    pub async fn postgres_by_client(
+        &self,
+        conn: &mut sqlx::PgConnection,
+    ) -> anyhow::Result<BTreeMap<String, f64>> {
+        let sessions: HashMap<i32, String> = sqlx::query_as::<_, (i32, String)>(
+            "select pid, coalesce(application_name, '') from pg_stat_activity",
+        )
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .collect();
+        let mut by_client: BTreeMap<String, f64> = BTreeMap::new();
+        for (pid, cpu) in &self.postgres_pids {
+            let client = i32::try_from(*pid)
+                .ok()
+                .and_then(|pid| sessions.get(&pid))
+                .filter(|name| !name.is_empty())
+                .map_or("other", String::as_str);
+            *by_client.entry(client.to_owned()).or_default() += cpu / self.seconds;
+        }
+        Ok(by_client)
     }
 
     /// `order-api 0.92, postgres 0.81, ...` (largest first), and the host's busy share.
@@ -141,13 +171,18 @@ impl CpuMeter {
         let mut latest = self.latest.lock().expect("lock").clone();
         latest.extend(sample());
         let mut cores: BTreeMap<&'static str, f64> = BTreeMap::new();
+        let mut postgres_pids = HashMap::new();
         for (pid, (group, cpu)) in latest {
             let before = self
                 .baseline
                 .get(&pid)
                 .filter(|(g, _)| *g == group)
                 .map_or(0.0, |(_, c)| *c);
-            *cores.entry(group).or_default() += (cpu - before).max(0.0) / seconds;
+            let used = (cpu - before).max(0.0);
+            *cores.entry(group).or_default() += used / seconds;
+            if group == "postgres" {
+                postgres_pids.insert(pid, used);
+            }
         }
         let (busy, total) = host();
         let host_busy_pct =
@@ -156,6 +191,7 @@ impl CpuMeter {
             seconds,
             cores,
             host_busy_pct,
+            postgres_pids,
         }
     }
 }

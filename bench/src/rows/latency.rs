@@ -4,7 +4,7 @@
 //! receive latency of a plain consumer with `fetch.wait.max.ms=10`.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     time::{Duration, Instant},
 };
 
@@ -105,6 +105,23 @@ pub(super) async fn receive_floor(
         latencies.len()
     );
     Percentiles::of(latencies).context("no message received")
+}
+
+/// `order-api 0.37 (370 µs per order), ...`, largest first, for clients that used 0.01 cores or
+/// more.
+fn largest_first(cores: &BTreeMap<String, f64>, orders_per_second: f64) -> String {
+    let mut clients: Vec<(&String, &f64)> = cores.iter().filter(|(_, c)| **c >= 0.01).collect();
+    clients.sort_by(|a, b| b.1.total_cmp(a.1));
+    clients
+        .iter()
+        .map(|(client, cores)| {
+            format!(
+                "{client} {cores:.2} ({} µs per order)",
+                int(**cores * 1e6 / orders_per_second.max(1e-6))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn processed(pool: &PgPool) -> anyhow::Result<i64> {
@@ -223,6 +240,9 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
     let meter = CpuMeter::start();
     let offered = load::open_loop(&api.base_url(), rate, seconds, products).await?;
     let cpu = meter.stop();
+    let postgres_by_client = cpu
+        .postgres_by_client(&mut *orders_db.pool.acquire().await?)
+        .await;
     anyhow::ensure!(
         !offered.placed.is_empty(),
         "no order was accepted: {}",
@@ -314,6 +334,13 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
         ));
     }
     notes.push(format!("during the offered load: {}", cpu.short()));
+    notes.push(match &postgres_by_client {
+        Ok(by_client) => format!(
+            "PostgreSQL's cores by client: {}",
+            largest_first(by_client, offered.placed.len() as f64 / cpu.seconds)
+        ),
+        Err(error) => format!("PostgreSQL's cores by client not read: {error:#}"),
+    });
     notes.push(match phases {
         Ok(phases) => format!("relay, mean per step: {phases}"),
         Err(error) => format!("relay step phases not read: {error:#}"),
@@ -369,6 +396,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
             "created_to_produced": to_produced,
             "produced_to_applied": to_applied,
             "cpu": cpu,
+            "postgres_cores_by_client": postgres_by_client.as_ref().ok(),
             "floor_plain_consumer": floor,
             "targets_ms": { "p50": TARGET_P50_MS, "p99": TARGET_P99_MS },
         }),
