@@ -130,16 +130,27 @@ impl CpuUse {
 
     /// `order-api 0.92, postgres 0.81, ...` (largest first), and the host's busy share.
     pub fn short(&self) -> String {
-        let mut groups: Vec<(&&str, &f64)> =
-            self.cores.iter().filter(|(_, c)| **c >= 0.01).collect();
-        groups.sort_by(|a, b| b.1.total_cmp(a.1));
-        let groups: Vec<String> = groups.iter().map(|(g, c)| format!("{g} {c:.2}")).collect();
+        let groups: Vec<String> = largest_first(&self.cores)
+            .iter()
+            .map(|(g, c)| format!("{g} {c:.2}"))
+            .collect();
         format!(
             "CPU cores: {}; host {:.0} % busy",
             groups.join(", "),
             self.host_busy_pct
         )
     }
+}
+
+/// The entries of `cores` that used 0.01 cores or more, largest first.
+pub fn largest_first<K: Ord>(cores: &BTreeMap<K, f64>) -> Vec<(&K, f64)> {
+    let mut used: Vec<(&K, f64)> = cores
+        .iter()
+        .map(|(key, cores)| (key, *cores))
+        .filter(|(_, cores)| *cores >= 0.01)
+        .collect();
+    used.sort_by(|a, b| b.1.total_cmp(&a.1));
+    used
 }
 
 impl CpuMeter {

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::{drain::PARTITIONS, load, say};
 use crate::{
-    cpu::CpuMeter,
+    cpu::{self, CpuMeter},
     fill, kafka,
     report::{Row, Verdict},
     services::{Kind, Service},
@@ -107,17 +107,14 @@ pub(super) async fn receive_floor(
     Percentiles::of(latencies).context("no message received")
 }
 
-/// `order-api 0.37 (370 µs per order), ...`, largest first, for clients that used 0.01 cores or
-/// more.
-fn largest_first(cores: &BTreeMap<String, f64>, orders_per_second: f64) -> String {
-    let mut clients: Vec<(&String, &f64)> = cores.iter().filter(|(_, c)| **c >= 0.01).collect();
-    clients.sort_by(|a, b| b.1.total_cmp(a.1));
-    clients
+/// `order-api 0.37 (370 µs per order), ...`, largest first (see [`cpu::largest_first`]).
+fn per_order(cores: &BTreeMap<String, f64>, orders_per_second: f64) -> String {
+    cpu::largest_first(cores)
         .iter()
         .map(|(client, cores)| {
             format!(
                 "{client} {cores:.2} ({} µs per order)",
-                int(**cores * 1e6 / orders_per_second.max(1e-6))
+                int(cores * 1e6 / orders_per_second.max(1e-6))
             )
         })
         .collect::<Vec<_>>()
@@ -337,7 +334,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
     notes.push(match &postgres_by_client {
         Ok(by_client) => format!(
             "PostgreSQL's cores by client: {}",
-            largest_first(by_client, offered.placed.len() as f64 / cpu.seconds)
+            per_order(by_client, offered.placed.len() as f64 / cpu.seconds)
         ),
         Err(error) => format!("PostgreSQL's cores by client not read: {error:#}"),
     });
