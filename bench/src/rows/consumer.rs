@@ -273,6 +273,14 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
     }
     let ceiling = consume_rate.min(apply_rate);
     let ratio = rate / ceiling;
+    if ceiling < TARGET_EVENTS_PER_S {
+        notes.push(format!(
+            "the lower ceiling of this run ({}/s) is itself below the target: on this machine, \
+             now, not even the database's own statement alone reaches {}/s",
+            int(ceiling),
+            int(TARGET_EVENTS_PER_S)
+        ));
+    }
     Ok(vec![Row {
         name: "consumer".into(),
         what: format!(
