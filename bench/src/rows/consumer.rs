@@ -274,9 +274,14 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
     let ceiling = consume_rate.min(apply_rate);
     let ratio = rate / ceiling;
     if ceiling < TARGET_EVENTS_PER_S {
+        let bound = if apply_rate <= consume_rate {
+            "the database's own set-based apply"
+        } else {
+            "a plain consume"
+        };
         notes.push(format!(
             "the lower ceiling of this run ({}/s) is itself below the target: on this machine, \
-             now, not even the database's own statement alone reaches {}/s",
+             now, not even {bound} alone reaches {}/s",
             int(ceiling),
             int(TARGET_EVENTS_PER_S)
         ));
